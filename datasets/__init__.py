@@ -1,0 +1,1 @@
+"""datasets: see README.md (not yet implemented)."""

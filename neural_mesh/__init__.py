@@ -1,0 +1,1 @@
+"""neural_mesh: see README.md (not yet implemented)."""

@@ -1,0 +1,16 @@
+"""Test helpers shared across the suite."""
+
+from __future__ import annotations
+
+import torch
+
+
+def assert_close(actual, expected, *, atol=None, rtol=None, msg=""):
+    """``torch.testing.assert_close`` with dtype-aware defaults and device-agnostic compare.
+
+    ``expected`` is moved to ``actual``'s device and dtype first, so tests can write
+    expectations as Python lists or CPU tensors.
+    """
+    actual = torch.as_tensor(actual)
+    expected = torch.as_tensor(expected).to(device=actual.device, dtype=actual.dtype)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=msg or None)
