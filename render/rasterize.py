@@ -106,38 +106,44 @@ def _intrinsics_table(K: torch.Tensor) -> torch.Tensor:
     return torch.stack([K[:, 0, 0], K[:, 0, 1], K[:, 0, 2], K[:, 1, 1], K[:, 1, 2]], dim=1).to(torch.float64)
 
 
-def _face_bounds(tri: torch.Tensor, kp: torch.Tensor, h: int, w: int, z_near: float):
+def _face_bounds(tri: torch.Tensor, kp: torch.Tensor, h: int, w: int, z_near: float, clip: bool):
     """Integer pixel bounding boxes of the faces' projections after clipping at ``z_near``.
 
     ``tri (N, 3, 3)`` camera-frame vertices and ``kp (N, 5)`` their image's intrinsics
-    (see :func:`_intrinsics_table`), float64. Returns ``x0, x1, y0, y1`` (N,) int64,
-    inclusive; empty boxes have ``x1 < x0`` or ``y1 < y0``.
+    (see :func:`_intrinsics_table`), float64. ``clip`` says whether any face has a vertex
+    closer than ``z_near``; if not, the clipping step is skipped. Returns ``x0, x1, y0,
+    y1`` (N,) int64, inclusive; empty boxes have ``x1 < x0`` or ``y1 < y0``.
     """
-    z = tri[..., 2]
-    # Points of the clipped polygon: the 3 vertices (valid if in front of z_near) and
-    # the 3 edge / near-plane intersections (valid if the edge crosses the plane).
-    nxt = tri.roll(-1, dims=1)
-    zn = nxt[..., 2]
-    crosses = (z - z_near) * (zn - z_near) < 0
-    tcross = ((z_near - z) / torch.where(crosses, zn - z, torch.ones_like(z))).unsqueeze(-1)
-    pts = torch.cat([tri, tri + tcross * (nxt - tri)], dim=1)  # (N, 6, 3)
-    valid = torch.cat([z >= z_near, crosses], dim=1)
     fx, s, cx, fy, cy = (c[:, None] for c in kp.unbind(1))
-    pz = pts[..., 2].clamp_min(z_near * 0.5)
-    yn = pts[..., 1] / pz
-    u = fx * (pts[..., 0] / pz) + s * yn + cx
-    v = fy * yn + cy
-    inf = torch.tensor(float("inf"), dtype=u.dtype, device=u.device)
-    eps = 1e-6
-    umin = torch.where(valid, u, inf).amin(1) - eps
-    umax = torch.where(valid, u, -inf).amax(1) + eps
-    vmin = torch.where(valid, v, inf).amin(1) - eps
-    vmax = torch.where(valid, v, -inf).amax(1) + eps
+    if clip:
+        # Points of the clipped polygon: the 3 vertices (valid if in front of z_near) and
+        # the 3 edge / near-plane intersections (valid if the edge crosses the plane).
+        z = tri[..., 2]
+        nxt = tri.roll(-1, dims=1)
+        zn = nxt[..., 2]
+        crosses = (z - z_near) * (zn - z_near) < 0
+        tcross = ((z_near - z) / torch.where(crosses, zn - z, torch.ones_like(z))).unsqueeze(-1)
+        pts = torch.cat([tri, tri + tcross * (nxt - tri)], dim=1)  # (N, 6, 3)
+        valid = torch.cat([z >= z_near, crosses], dim=1)
+        pz = pts[..., 2].clamp_min(z_near * 0.5)
+        xn, yn = pts[..., 0] / pz, pts[..., 1] / pz
+    else:
+        xn, yn = tri[..., 0] / tri[..., 2], tri[..., 1] / tri[..., 2]
+    u = torch.addcmul(torch.addcmul(cx, fx, xn), s, yn)
+    v = torch.addcmul(cy, fy, yn)
+    if clip:
+        inf = torch.tensor(float("inf"), dtype=u.dtype, device=u.device)
+        umin, umax = torch.where(valid, u, inf).amin(1), torch.where(valid, u, -inf).amax(1)
+        vmin, vmax = torch.where(valid, v, inf).amin(1), torch.where(valid, v, -inf).amax(1)
+    else:
+        umin, umax = u.amin(1), u.amax(1)
+        vmin, vmax = v.amin(1), v.amax(1)
     # Clamp in float first (values may be huge or infinite), then round to pixel centres.
-    x0 = umin.clamp(-1, w).ceil().long().clamp_min(0)
-    x1 = umax.clamp(-1, w).floor().long().clamp_max(w - 1)
-    y0 = vmin.clamp(-1, h).ceil().long().clamp_min(0)
-    y1 = vmax.clamp(-1, h).floor().long().clamp_max(h - 1)
+    eps = 1e-6
+    x0 = (umin - eps).clamp(-1, w).ceil().long().clamp_min(0)
+    x1 = (umax + eps).clamp(-1, w).floor().long().clamp_max(w - 1)
+    y0 = (vmin - eps).clamp(-1, h).ceil().long().clamp_min(0)
+    y1 = (vmax + eps).clamp(-1, h).floor().long().clamp_max(h - 1)
     return x0, x1, y0, y1
 
 
@@ -194,50 +200,59 @@ def _chunks(sizes: torch.Tensor, budget: int) -> list[tuple[int, int]]:
     return out
 
 
-def _row_spans(forms, w_num, bw, bh, z_near):
-    """Covered column spans of every (face, row) of the faces' boxes.
+def _span_bounds(forms, w_num, bh, z_near, clip):
+    """Per-face linear bounds on ``lx`` along each row, and the rows that can be covered.
 
-    A pixel is covered when ``b0, b1, b2 >= 0`` and ``z >= z_near``. With
-    ``sgn = sign(w)`` (a hit has ``sign(d.n) = sign(w)`` since ``z > 0``) these are the
-    half-planes ``sgn * num_i >= 0`` (``num_0 = d.n - num_1 - num_2``) and
-    ``|w| - z_near * sgn * d.n >= 0``, each linear in ``lx`` along a row, so a row's
-    covered pixels form one interval computed exactly here (float64), pixels within
-    1e-7 px of an edge included so that shared edges leave no cracks.
+    A pixel is covered when ``b0, b1, b2 >= 0`` and ``z >= z_near``. A hit has
+    ``sign(d.n) = sign(w)`` (since ``z = w / d.n > 0``), so with ``sgn = sign(w)`` these
+    are the half-planes ``sgn * num_i >= 0`` (``num_0 = d.n - num_1 - num_2``) and, when
+    faces cross the near plane (``clip``), ``|w| - z_near * sgn * d.n >= 0``. Each
+    ``a * lx + b * ly + c >= 0`` bounds ``lx`` from below (``a > 0``) or above
+    (``a < 0``) by ``p * ly + q``, or, when ``a == 0``, restricts the rows.
 
-    Returns ``(face (P,), ly (P,), xl (P,), count (P,))`` for rows with ``count > 0``.
+    Returns ``lower (N, 2, M)`` and ``upper (N, 2, M)`` (``[p, q]`` per constraint, unused
+    slots ``(0, -inf)`` / ``(0, inf)``), and the row range ``ly_lo, ly_hi`` (N,) int64.
     """
-    device = forms.device
-    sgn = torch.sign(w_num)[:, None]
+    sgn = torch.sign(w_num)[:, None, None]
     den, n1, n2 = forms.unbind(1)
-    half = torch.stack([den - n1 - n2, n1, n2, -z_near * den], dim=1) * sgn[:, :, None]
-    half[:, 3, 2] += w_num.abs()
-    face = torch.repeat_interleave(torch.arange(bh.numel(), device=device), bh)
-    start = torch.cumsum(bh, 0) - bh
-    ly = torch.arange(face.numel(), device=device) - start[face]
-    hp = half[face]  # (P, 4, 3)
-    a = hp[..., 0]
-    r = hp[..., 1] * ly[:, None].to(hp.dtype) + hp[..., 2]
-    t = -r / torch.where(a == 0, torch.ones_like(a), a)
-    inf = torch.full_like(t, float("inf"))
-    lower = torch.where(a > 0, t, torch.where((a == 0) & (r < 0), inf, -inf)).amax(1)
-    upper = torch.where(a < 0, t, inf).amin(1)
+    rows = [den - n1 - n2, n1, n2]
+    if clip:
+        near = -z_near * den
+        near[:, 2] += w_num.abs() * sgn[:, 0, 0]  # sgn is applied below: |w| = sgn * w
+        rows.append(near)
+    half = torch.stack(rows, dim=1) * sgn  # (N, M, 3): a, b, c
+    a, b, c = half.unbind(-1)
+    safe_a = torch.where(a == 0, torch.ones_like(a), a)
+    p, q = -b / safe_a, -c / safe_a
+    inf = torch.full_like(q, float("inf"))
+    zero = torch.zeros_like(p)
+    lower = torch.stack([torch.where(a > 0, p, zero), torch.where(a > 0, q, -inf)], dim=1)
+    upper = torch.stack([torch.where(a < 0, p, zero), torch.where(a < 0, q, inf)], dim=1)
+    # a == 0: the constraint b * ly + c >= 0 only selects rows.
+    flat = a == 0
+    safe_b = torch.where(b == 0, torch.ones_like(b), b)
+    r = -c / safe_b
     eps = 1e-7
-    hi_lim = (bw[face] - 1).to(lower.dtype)
-    xl = (torch.minimum(lower, hi_lim + 1) - eps).ceil().clamp_min(0)
-    xr = torch.minimum((upper.clamp_min(-1) + eps).floor(), hi_lim)
-    count = (xr - xl + 1).clamp_min(0).long()
-    keep = (count > 0).nonzero().squeeze(1)
-    return face[keep], ly[keep], xl.long()[keep], count[keep]
+    lo_rows = torch.where(flat & (b > 0), (r - eps).ceil(), -inf).amax(1)
+    hi_rows = torch.where(flat & (b < 0), (r + eps).floor(), inf).amin(1)
+    impossible = (flat & (b == 0) & (c < 0)).any(1)
+    ly_lo = lo_rows.clamp(0, 2**40).long()
+    ly_hi = torch.minimum(hi_rows.clamp(-1, 2**40).long(), bh - 1)
+    ly_hi = torch.where(impossible, torch.full_like(ly_hi, -1), ly_hi)
+    return lower, upper, ly_lo, ly_hi
 
 
 def _search(verts, faces, K, h, w, k, cull_backfaces, z_near, max_candidates):
     """Find, per pixel, the ``k`` nearest covering faces. No gradients.
 
-    Returns ``(kept, hits)``: ``kept`` holds the visible faces' data (``tri`` float64
-    camera-frame vertices, ``kp`` intrinsics, ``x0``, ``y0``, ``forms``, ``w``, ``face``
-    index into ``faces``, ``b`` image index), ``hits = (pix, slot, fi)`` one entry per
-    covered (pixel, slot): flat pixel index into ``B*H*W``, slot in ``[0, k)`` and the
+    Returns ``(kept, hits)``: ``kept`` holds the visible faces' data (``kp`` intrinsics,
+    box corners ``x0``, ``y0``, linear ``forms`` and ``w`` of :func:`_face_forms`, ``face``
+    index into ``faces``, ``b`` image index); ``hits = (pix, slot, fi)`` has one entry
+    per covered (pixel, slot): flat pixel index into ``B*H*W``, slot in ``[0, k)`` and the
     index of the face in ``kept``.
+
+    Depth order uses ``z`` rounded to float32 (ties broken by face index), packed with the
+    row index into one int64 key so that one scatter-min resolves visibility.
     """
     bsz, nf = verts.shape[0], faces.shape[0]
     device = verts.device
@@ -251,60 +266,82 @@ def _search(verts, faces, K, h, w, k, cull_backfaces, z_near, max_candidates):
     keep = (wdot < 0) if cull_backfaces else (wdot != 0)
     keep &= tri[..., 2].amax(1) >= z_near
     idx = keep.nonzero().squeeze(1)
-    tri, b_of_face = tri[idx], b_of_face[idx]
-    kp = kp_img[b_of_face]
-    x0, x1, y0, y1 = _face_bounds(tri, kp, h, w, z_near)
+    tri, b_of_face = tri.index_select(0, idx), b_of_face.index_select(0, idx)
+    kp = kp_img.index_select(0, b_of_face)
+    clip = bool((tri[..., 2].amin(1) < z_near).any())
+    x0, x1, y0, y1 = _face_bounds(tri, kp, h, w, z_near, clip)
     bw, bh = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
     nonempty = ((bw > 0) & (bh > 0)).nonzero().squeeze(1)
-    idx = idx[nonempty]
-    tri, b_of_face, kp = tri[nonempty], b_of_face[nonempty], kp[nonempty]
-    x0, y0, bw, bh = x0[nonempty], y0[nonempty], bw[nonempty], bh[nonempty]
+    idx = idx.index_select(0, nonempty)
+    tri, b_of_face, kp = (x.index_select(0, nonempty) for x in (tri, b_of_face, kp))
+    x0, y0, bw, bh = (x.index_select(0, nonempty) for x in (x0, y0, bw, bh))
     forms, w_num = _face_forms(tri, kp, x0, y0)
-    kept = dict(tri=tri, kp=kp, x0=x0, y0=y0, forms=forms, w=w_num, b=b_of_face, face=idx % max(nf, 1))
+    kept = dict(kp=kp, x0=x0, y0=y0, forms=forms, w=w_num, b=b_of_face, face=idx % nf)
+    lower, upper, ly_lo, ly_hi = _span_bounds(forms, w_num, bh, z_near, clip)
+    nrows = (ly_hi - ly_lo + 1).clamp_min(0)
     corner = b_of_face * (h * w) + y0 * w + x0  # flat index of each box's corner pixel
 
     npix = bsz * h * w
-    best_z = best_f = None  # k == 1: running z-buffer and face per pixel
-    best = None  # k > 1: running candidate lists (pix, z, fi), ascending face order
-    for lo, hi in _chunks(bw * bh, max_candidates):
-        face, ly, xl, count = _row_spans(forms[lo:hi], w_num[lo:hi], bw[lo:hi], bh[lo:hi], z_near)
-        face = face + lo
-        # Expand rows into pixels: lx runs over [xl, xl + count) in each row.
-        row = torch.repeat_interleave(torch.arange(face.numel(), device=device), count)
-        ar = torch.arange(row.numel(), device=device)
-        lx = ar - (torch.cumsum(count, 0) - count - xl)[row]
-        fi = face[row]
-        pix = (corner[face] + ly * w)[row] + lx
-        ab = forms[face, 0]  # den form at the row: a * lx + (b * ly + c)
-        rden = (ab[:, 1] * ly + ab[:, 2])[row]
-        z = w_num[fi] / (ab[row, 0] * lx + rden)
+    low_bits = 32  # key = float32 bits of z (positive) << 32 | global row index
+    best_key = None  # k == 1: running min key per pixel
+    best = None  # k > 1: running (pix, key) candidates
+    row_face = []  # global row index -> kept face index
+    row_ly = []
+    row_offset = 0
+    for lo, hi in _chunks(bw * nrows, max_candidates):
+        # Rows of the chunk's faces.
+        nr = nrows[lo:hi]
+        rface = torch.repeat_interleave(torch.arange(lo, hi, device=device), nr)
+        rstart = torch.cumsum(nr, 0) - nr
+        ly = torch.arange(rface.numel(), device=device) - rstart.repeat_interleave(nr) + ly_lo[rface]
+        lyf = ly.to(torch.float64)
+        lo_pq = lower.index_select(0, rface)  # (R, 2, M)
+        up_pq = upper.index_select(0, rface)
+        lx_lo = torch.addcmul(lo_pq[:, 1], lo_pq[:, 0], lyf[:, None]).amax(1)
+        lx_hi = torch.addcmul(up_pq[:, 1], up_pq[:, 0], lyf[:, None]).amin(1)
+        eps = 1e-7
+        xl = (lx_lo - eps).clamp(0, float(w)).ceil()
+        xr = torch.minimum((lx_hi + eps).clamp(-1, float(w)).floor(), (bw.index_select(0, rface) - 1).to(xl.dtype))
+        count = (xr - xl + 1).clamp_min(0).long()
+        # Per-row affine maps from the pixel's running index j: lx = j - s, pix = j + pbase,
+        # d.n = a * j + r (float64: j < 2**31, so a * j + r keeps ~1e-7 relative accuracy).
+        s = (torch.cumsum(count, 0) - count) - xl.long()
+        den = forms.index_select(0, rface)[:, 0]  # (R, 3): a, b, c of d.n
+        table = torch.stack(
+            [den[:, 0], torch.addcmul(den[:, 2], den[:, 1], lyf) - den[:, 0] * s.to(torch.float64),
+             w_num.index_select(0, rface)],
+            dim=0,
+        )  # (3, R)
+        pbase = corner.index_select(0, rface) + ly * w - s
+        row = torch.repeat_interleave(torch.arange(rface.numel(), device=device), count)
+        j = torch.arange(row.numel(), device=device)
+        tab = table.index_select(1, row)
+        z = tab[2] / torch.addcmul(tab[1], tab[0], j.to(torch.float64))
+        pix = pbase.index_select(0, row) + j
+        key = (z.to(torch.float32).view(torch.int32).to(torch.int64) << low_bits) + (row + row_offset)
+        row_face.append(rface)
+        row_ly.append(ly)
+        row_offset += rface.numel()
         if k == 1:
-            zmin = torch.full((npix,), float("inf"), dtype=z.dtype, device=device)
-            zmin.scatter_reduce_(0, pix, z, reduce="amin")
-            fmin = torch.full((npix,), -1, dtype=torch.int64, device=device)
-            big = torch.iinfo(torch.int64).max
-            fmin.fill_(big).scatter_reduce_(0, pix, torch.where(z == zmin[pix], fi, big), reduce="amin")
-            if best_z is None:
-                best_z, best_f = zmin, fmin
-            else:  # earlier chunks hold lower face indices: they win ties
-                better = zmin < best_z
-                best_z = torch.where(better, zmin, best_z)
-                best_f = torch.where(better, fmin, best_f)
+            chunk_key = torch.full((npix,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+            chunk_key.scatter_reduce_(0, pix, key, reduce="amin")
+            best_key = chunk_key if best_key is None else torch.minimum(best_key, chunk_key)
         else:
             if best is not None:
-                pix, z, fi = (torch.cat([a, b]) for a, b in zip(best, (pix, z, fi)))
-            best = _top_k(pix, z, fi, k)
+                pix, key = torch.cat([best[0], pix]), torch.cat([best[1], key])
+            best = _top_k(pix, key, k)
 
     empty = torch.empty(0, dtype=torch.int64, device=device)
-    if k == 1:
-        if best_z is None:
-            return kept, (empty, empty, empty)
-        pix = torch.isfinite(best_z).nonzero().squeeze(1)
-        return kept, (pix, torch.zeros_like(pix), best_f[pix])
-    if best is None:
+    if best_key is None and best is None:
         return kept, (empty, empty, empty)
-    pix, _, fi = best
-    return kept, (pix, _rank_in_group(pix), fi)
+    row_face = torch.cat(row_face)
+    mask = (1 << low_bits) - 1
+    if k == 1:
+        pix = (best_key != torch.iinfo(torch.int64).max).nonzero().squeeze(1)
+        rows = best_key.index_select(0, pix) & mask
+        return kept, (pix, torch.zeros_like(pix), row_face.index_select(0, rows))
+    pix, key = best
+    return kept, (pix, _rank_in_group(pix), row_face.index_select(0, key & mask))
 
 
 def _rank_in_group(sorted_keys: torch.Tensor) -> torch.Tensor:
@@ -317,16 +354,13 @@ def _rank_in_group(sorted_keys: torch.Tensor) -> torch.Tensor:
     return pos - group_start
 
 
-def _top_k(pix, z, fi, k):
-    """Keep the ``k`` nearest entries per pixel, sorted by (pixel, z, face).
-
-    Entries arrive in ascending face order; stable sorts keep that order among equal depths.
-    """
-    order = torch.sort(z, stable=True).indices
+def _top_k(pix, key, k):
+    """Keep the ``k`` smallest keys per pixel, sorted by (pixel, key)."""
+    order = torch.sort(key).indices
     order = order[torch.sort(pix[order], stable=True).indices]
-    pix, z, fi = pix[order], z[order], fi[order]
+    pix, key = pix[order], key[order]
     keep = _rank_in_group(pix) < k
-    return pix[keep], z[keep], fi[keep]
+    return pix[keep], key[keep]
 
 
 def _assemble(verts, faces, K, h, w, k, kept, hits):
@@ -340,25 +374,27 @@ def _assemble(verts, faces, K, h, w, k, kept, hits):
     bsz, dtype, device = verts.shape[0], verts.dtype, verts.device
     forms, w_num = kept["forms"], kept["w"]
     if torch.is_grad_enabled() and (verts.requires_grad or K.requires_grad):
-        vid = (kept["b"] * verts.shape[1])[:, None] + faces[kept["face"]]
+        vid = (kept["b"] * verts.shape[1])[:, None] + faces.index_select(0, kept["face"])
         tri = verts.to(torch.float64).reshape(-1, 3)[vid]
-        kp = _intrinsics_table(K)[kept["b"]] if K.requires_grad else kept["kp"]
+        kp = _intrinsics_table(K).index_select(0, kept["b"]) if K.requires_grad else kept["kp"]
         forms, w_num = _face_forms(tri, kp, kept["x0"], kept["y0"])
     rem = pix % (h * w)
-    ly = (torch.div(rem, w, rounding_mode="floor") - kept["y0"][fi]).to(torch.float64)
-    lx = (rem % w - kept["x0"][fi]).to(torch.float64)
-    f = forms[fi]  # (N, 3, 3)
-    vals = f[..., 0] * lx[:, None] + f[..., 1] * ly[:, None] + f[..., 2]
-    den, n1, n2 = vals.unbind(1)
+    row = torch.div(rem, w, rounding_mode="floor")
+    ly = (row - kept["y0"].index_select(0, fi)).to(torch.float64)
+    lx = (rem - row * w - kept["x0"].index_select(0, fi)).to(torch.float64)
+    f = forms.reshape(-1, 9).index_select(0, fi).T  # (9, N): rows (den, n1, n2) x (a, b, c)
+    den = torch.addcmul(torch.addcmul(f[2], f[0], lx), f[1], ly)
+    n1 = torch.addcmul(torch.addcmul(f[5], f[3], lx), f[4], ly)
+    n2 = torch.addcmul(torch.addcmul(f[8], f[6], lx), f[7], ly)
     b1, b2 = n1 / den, n2 / den
     bary = torch.stack([1.0 - b1 - b2, b1, b2], dim=-1).to(dtype)
-    z = (w_num[fi] / den).to(dtype)
-    flat = pix * k + slot
+    z = (w_num.index_select(0, fi) / den).to(dtype)
+    flat = pix * k + slot if k > 1 else pix
     size = bsz * h * w * k
     pix_to_face = torch.full((size,), -1, dtype=torch.int64, device=device)
-    pix_to_face[flat] = kept["face"][fi]
-    zbuf = torch.full((size,), -1.0, dtype=dtype, device=device).index_put((flat,), z)
-    bary_out = torch.full((size, 3), -1.0, dtype=dtype, device=device).index_put((flat,), bary)
+    pix_to_face.index_copy_(0, flat, kept["face"].index_select(0, fi))
+    zbuf = torch.full((size,), -1.0, dtype=dtype, device=device).index_copy(0, flat, z)
+    bary_out = torch.full((size, 3), -1.0, dtype=dtype, device=device).index_copy(0, flat, bary)
     return Fragments(
         pix_to_face=pix_to_face.view(bsz, h, w, k),
         bary=bary_out.view(bsz, h, w, k, 3),

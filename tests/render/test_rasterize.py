@@ -22,6 +22,9 @@ def random_scene(seed, batch=2, num_verts=24, num_faces=40, dtype=torch.float64)
     verts[..., 2] += 3.0
     faces = torch.randint(0, num_verts, (num_faces, 3), generator=g)
     faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    # no duplicated triangles: coincident faces tie exactly in depth
+    _, first = np.unique(np.sort(faces.numpy(), axis=1), axis=0, return_index=True)
+    faces = faces[np.sort(first)]
     K = torch.tensor([[[22.0, 0.0, 9.0], [0.0, 20.0, 7.5], [0.0, 0.0, 1.0]]], dtype=dtype).repeat(batch, 1, 1)
     K[1:, 0, 0] = 18.0
     K[1:, 0, 1] = 0.5  # skew
