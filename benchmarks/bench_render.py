@@ -14,7 +14,9 @@ Usage::
 
     python benchmarks/bench_render.py [--repeat 30] [--threads N]
 
-Times are medians over ``--repeat`` runs after a warm-up.
+Times are medians over ``--repeat`` runs after a warm-up. The C allocator is tuned with
+``render.allocator.tune_cpu_allocator`` (as the demos do) unless ``--default-allocator``
+is given; the table header says which.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import trimesh
 
 from render import angles_to_pose, cuboid_surface, interpolate, rasterize
+from render.allocator import tune_cpu_allocator
 
 
 def median_ms(fn, repeat: int) -> float:
@@ -52,7 +55,8 @@ def icosphere_scene(size=256):
     return verts, faces, K
 
 
-def open3d_time(verts, faces, K, size, repeat):
+def open3d_caster(verts, faces, K, size):
+    """A function casting Open3D (Embree) rays through every pixel centre, or None."""
     try:
         import open3d as o3d
     except Exception:  # not installed, or its shared libraries are missing
@@ -72,7 +76,20 @@ def open3d_time(verts, faces, K, size, repeat):
         ans = scene.cast_rays(rays)
         return ans["primitive_ids"].numpy()
 
-    return median_ms(cast, repeat)
+    return cast
+
+
+def interleaved_median_ms(fns, repeat: int) -> list[float]:
+    """Median times of several functions run alternately, so they share the same machine load."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 def pytorch3d_available() -> bool:
@@ -95,11 +112,14 @@ def nemo_scene(batch: int):
     return verts_cam, surface.faces, K
 
 
-def peak_memory_mb() -> tuple[float, int, int]:
+def peak_memory_mb(tune: bool) -> tuple[float, int, int]:
     code = textwrap.dedent(
-        """
+        f"""
         import torch, trimesh
         from render import rasterize
+        from render.allocator import tune_cpu_allocator
+        if {tune}:
+            tune_cpu_allocator()
 
         def status(key):  # kB, from the kernel's accounting of this process
             with open("/proc/self/status") as fh:
@@ -130,14 +150,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=30, help="timed runs per row (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--default-allocator", action="store_true", help="do not tune the C allocator")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    tuned = False if args.default_allocator else tune_cpu_allocator()
     rows = []  # (case, ours, reference name, reference, ratio)
 
     verts, faces, K = icosphere_scene()
-    ours = median_ms(lambda: rasterize(verts, faces, K, (256, 256)), args.repeat)
-    o3d_ms = open3d_time(verts, faces, K, 256, args.repeat)
+    ours_fn = lambda: rasterize(verts, faces, K, (256, 256))  # noqa: E731
+    cast = open3d_caster(verts, faces, K, 256)
+    if cast is None:
+        ours, o3d_ms = median_ms(ours_fn, args.repeat), None
+    else:
+        ours, o3d_ms = interleaved_median_ms([ours_fn, cast], args.repeat)
     rows.append(
         (
             "(a) 256x256, 5,120-face icosphere, forward",
@@ -179,7 +205,7 @@ def main(argv=None) -> int:
          "guidance", "<= 300 ms", "-")
     )
 
-    mb, nfaces, covered = peak_memory_mb()
+    mb, nfaces, covered = peak_memory_mb(tuned)
     rows.append((f"(c) peak memory, {nfaces:,}-face mesh at 512x512", f"{mb:.0f} MB", "target", "< 4096 MB", "-"))
 
     if pytorch3d_available():
@@ -194,7 +220,8 @@ def main(argv=None) -> int:
     header = ("case", "ours", "reference", "reference value", "ours / ref")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
     line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    allocator = "tuned allocator" if tuned else "default allocator"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, {allocator}")
     print(line)
     print("-+-".join("-" * w for w in widths))
     for r in rows:

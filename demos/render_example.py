@@ -37,6 +37,7 @@ from render import (
     rasterize,
     shade,
 )
+from render.allocator import tune_cpu_allocator
 
 DEFAULT_MESH = Path(__file__).resolve().parent / "data" / "chair.obj"
 
@@ -123,6 +124,7 @@ def main(argv=None) -> int:
     if args.views < 1:
         print(f"error: --views must be >= 1, got {args.views}", file=sys.stderr)
         return 2
+    tune_cpu_allocator()
     try:
         written = render_views(args.mesh, args.out, args.size, args.views)
     except MeshError as err:

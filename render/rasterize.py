@@ -233,17 +233,18 @@ def _span_bounds(forms, w_num, bh, z_near, clip):
     upper = torch.stack([p * neg, q * neg + (1 - neg) * big], dim=1)
     ly_lo = torch.zeros_like(bh)
     ly_hi = bh - 1
-    if bool(flat.any()):  # a == 0: the constraint b * ly + c >= 0 only selects rows
-        inf = torch.full_like(q, float("inf"))
-        safe_b = torch.where(b == 0, torch.ones_like(b), b)
-        r = -c / safe_b
+    some = flat.any(1).nonzero().squeeze(1)
+    if some.numel():  # a == 0: the constraint b * ly + c >= 0 only selects rows
+        fa, fb, fc = flat[some], b[some], c[some]
+        inf = torch.full_like(fb, float("inf"))
+        r = -fc / torch.where(fb == 0, torch.ones_like(fb), fb)
         eps = 1e-7
-        lo_rows = torch.where(flat & (b > 0), (r - eps).ceil(), -inf).amax(1)
-        hi_rows = torch.where(flat & (b < 0), (r + eps).floor(), inf).amin(1)
-        impossible = (flat & (b == 0) & (c < 0)).any(1)
-        ly_lo = lo_rows.clamp(0, 2**40).long()
-        ly_hi = torch.minimum(hi_rows.clamp(-1, 2**40).long(), ly_hi)
-        ly_hi = torch.where(impossible, torch.full_like(ly_hi, -1), ly_hi)
+        lo_rows = torch.where(fa & (fb > 0), (r - eps).ceil(), -inf).amax(1)
+        hi_rows = torch.where(fa & (fb < 0), (r + eps).floor(), inf).amin(1)
+        impossible = (fa & (fb == 0) & (fc < 0)).any(1)
+        ly_lo = ly_lo.index_copy(0, some, lo_rows.clamp(0, 2**40).long())
+        hi = torch.minimum(hi_rows.clamp(-1, 2**40).long(), ly_hi.index_select(0, some))
+        ly_hi = ly_hi.index_copy(0, some, torch.where(impossible, torch.full_like(hi, -1), hi))
     return lower, upper, ly_lo, ly_hi
 
 
