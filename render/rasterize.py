@@ -285,6 +285,8 @@ def _search(verts, faces, K, h, w, k, cull_backfaces, z_near, max_candidates):
     kept = dict(kp=kp, x0=x0, y0=y0, forms=forms, w=w_num, b=b_of_face, face=idx % nf)
     lower, upper, ly_lo, ly_hi = _span_bounds(forms, w_num, bh, z_near, clip)
     nrows = (ly_hi - ly_lo + 1).clamp_min(0)
+    if int(nrows.sum()) >= 1 << 32:
+        raise ValueError("rasterize: too many (face, row) pairs in one call (over 2**32); split the batch")
     corner = b_of_face * (h * w) + y0 * w + x0  # flat index of each box's corner pixel
 
     npix = bsz * h * w
@@ -292,7 +294,6 @@ def _search(verts, faces, K, h, w, k, cull_backfaces, z_near, max_candidates):
     best_key = None  # k == 1: running min key per pixel
     best = None  # k > 1: running (pix, key) candidates
     row_face = []  # global row index -> kept face index
-    row_ly = []
     row_offset = 0
     for lo, hi in _chunks(bw * nrows, max_candidates):
         # Rows of the chunk's faces.
@@ -326,7 +327,6 @@ def _search(verts, faces, K, h, w, k, cull_backfaces, z_near, max_candidates):
         pix = pbase.index_select(0, row) + j
         key = (z.to(torch.float32).view(torch.int32).to(torch.int64) << low_bits) + (row + row_offset)
         row_face.append(rface)
-        row_ly.append(ly)
         row_offset += rface.numel()
         if k == 1:
             chunk_key = torch.full((npix,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
