@@ -42,18 +42,19 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, vertex_attrs: torch.T
     if dims["N"] not in (1, bsz):
         raise ValueError(f"vertex_attrs: expected a leading dimension of 1 or {bsz}, got {dims['N']}")
     channels = dims["C"]
-    mask = p2f >= 0
-    idx = mask.reshape(-1).nonzero().squeeze(1)
-    face = p2f.reshape(-1)[idx]
-    vid = faces[face]  # (N, 3)
+    idx = (p2f.reshape(-1) >= 0).nonzero().squeeze(1)
+    face = p2f.reshape(-1).index_select(0, idx)
+    vid = faces.index_select(0, face).reshape(-1)  # (N * 3,)
     if dims["N"] == 1:
-        attrs = vertex_attrs[0][vid]  # (N, 3, C)
+        attrs = vertex_attrs[0].index_select(0, vid)
     else:
         b_idx = torch.div(idx, p2f.shape[1] * p2f.shape[2], rounding_mode="floor")
-        attrs = vertex_attrs[b_idx[:, None], vid]
-    bary = fragments.bary[..., 0, :].reshape(-1, 3)[idx].to(attrs.dtype)
-    vals = (bary.unsqueeze(-1) * attrs).sum(1)
-    out = vals.new_zeros(p2f.numel(), channels).index_put((idx,), vals)
+        vid = vid + (b_idx * dims["V"]).repeat_interleave(3)
+        attrs = vertex_attrs.reshape(-1, channels).index_select(0, vid)
+    attrs = attrs.view(-1, 3, channels)
+    bary = fragments.bary[..., 0, :].reshape(-1, 3).index_select(0, idx).to(attrs.dtype)
+    vals = (bary.unsqueeze(-1) * attrs).sum(1)  # (N, C)
+    out = vals.new_zeros(p2f.numel(), channels).index_copy(0, idx, vals)
     return out.view(*p2f.shape, channels)
 
 

@@ -381,7 +381,7 @@ def _assemble(verts, faces, K, h, w, k, kept, hits):
     forms, w_num = kept["forms"], kept["w"]
     if torch.is_grad_enabled() and (verts.requires_grad or K.requires_grad):
         vid = (kept["b"] * verts.shape[1])[:, None] + faces.index_select(0, kept["face"])
-        tri = verts.to(torch.float64).reshape(-1, 3)[vid]
+        tri = verts.to(torch.float64).reshape(-1, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
         kp = _intrinsics_table(K).index_select(0, kept["b"]) if K.requires_grad else kept["kp"]
         forms, w_num = _face_forms(tri, kp, kept["x0"], kept["y0"])
     rem = pix % (h * w)
