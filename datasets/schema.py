@@ -20,11 +20,16 @@ theta               float
 distance            float
 category            str                    object category
 mesh_id             str                    which shape / CAD model
-bbox                float32 (4,)           x0, y0, x1, y1 (pixels) of the whole object
+bbox                float32 (4,)           x0, y0, x1, y1 of the whole object: inclusive
+                                           pixel indices (first and last mask column and
+                                           row; pixel centres at integers)
 occlusion           float                  fraction of the object's pixels hidden, [0, 1]
 points              float32 (N, 3)         object point cloud, object frame (on request)
 vertex_uv           float32 (V, 2)         neural-mesh vertex projections (u, v), pixels
 vertex_visible      bool (V,)              not self-occluded and inside the image
+views               float32 (Nv, 5, h, w)  the bare shape at fixed canonical views
+                                           (synthetic data: silhouette, camera depth,
+                                           camera-frame normal xyz; 0 on background)
 ==================  =====================  ==============================================
 """
 
@@ -41,7 +46,7 @@ REQUIRED_KEYS = ("image", "K", "category")
 #: Keys present when known or requested.
 OPTIONAL_KEYS = (
     "mask", "R", "t", "azimuth", "elevation", "theta", "distance", "mesh_id", "bbox", "occlusion",
-    "points", "vertex_uv", "vertex_visible",
+    "points", "vertex_uv", "vertex_visible", "views",
 )
 
 _TENSOR_SPECS = {
@@ -54,6 +59,7 @@ _TENSOR_SPECS = {
     "points": (torch.float32, ("N", 3)),
     "vertex_uv": (torch.float32, ("V", 2)),
     "vertex_visible": (torch.bool, ("V",)),
+    "views": (torch.float32, ("Nv", "5", "h", "w")),
 }
 _SCALARS = ("azimuth", "elevation", "theta", "distance", "occlusion")
 

@@ -1,0 +1,217 @@
+"""Tests of datasets.randomize: draws are replayable, applies are deterministic, occluders
+hit their hidden-fraction ranges as measured from the masks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets import randomize as rz
+from datasets.shapes import make_shape
+from render import DirectionalLight, angles_to_pose, default_intrinsics, rasterize
+from tests.helpers import assert_close
+
+SIZE = (48, 48)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def disc_mask(h=48, w=48, cx=24.0, cy=24.0, r=14.0) -> torch.Tensor:
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return (u - cx) ** 2 + (v - cy) ** 2 <= r * r
+
+
+# ------------------------------------------------------------------------- backgrounds
+
+
+@pytest.mark.parametrize("kind", rz.BACKGROUND_KINDS)
+def test_procedural_background_is_deterministic_and_textured(kind):
+    params = rz.sample_background(gen(1), SIZE, kinds=(kind,))
+    assert params == rz.sample_background(gen(1), SIZE, kinds=(kind,))
+    image = rz.apply_background(params, SIZE)
+    assert image.shape == (3, *SIZE) and image.dtype == torch.float32
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+    assert torch.equal(image, rz.apply_background(params, SIZE))
+    # not a plain colour: some spatial variation in at least a few draws
+    stds = [float(rz.apply_background(rz.sample_background(gen(s), SIZE, kinds=(kind,)), SIZE).std()) for s in range(4)]
+    assert max(stds) > 0.03
+
+
+def test_background_upsamples_beyond_the_canvas():
+    params = rz.sample_background(gen(0), (16, 16), kinds=("noise",))
+    image = rz.apply_background(params, (200, 300))
+    assert image.shape == (3, 200, 300)
+
+
+def test_photo_background_crops_user_photos(tmp_path):
+    red = np.zeros((40, 60, 3), np.uint8)
+    red[..., 0] = 200
+    Image.fromarray(red).save(tmp_path / "b.png")
+    Image.fromarray(np.full((30, 30, 3), 17, np.uint8)).save(tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    photos = rz.list_photos(tmp_path)
+    assert [p.split("/")[-1] for p in photos] == ["a.jpg", "b.png"]
+    params = rz.sample_background(gen(3), SIZE, photos=photos[1:], photo_probability=1.0)
+    assert params.kind == "photo" and params.photo == photos[1]
+    image = rz.apply_background(params, SIZE)
+    assert_close(image[0], torch.full(SIZE, 200 / 255), atol=1e-5, rtol=0)
+    assert float(image[1:].abs().max()) < 1e-6
+
+
+def test_list_photos_errors(tmp_path):
+    with pytest.raises(ValueError, match="background folder not found"):
+        rz.list_photos(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no images"):
+        rz.list_photos(tmp_path)
+
+
+def test_unreadable_photo_names_the_file(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png: cannot read image"):
+        rz.sample_background(gen(0), SIZE, photos=(str(bad),), photo_probability=1.0)
+
+
+def test_background_params_are_checked():
+    with pytest.raises(ValueError, match="kind"):
+        rz.BackgroundParams(kind="plasma")
+    with pytest.raises(ValueError, match="photo"):
+        rz.BackgroundParams(kind="photo")
+
+
+# ------------------------------------------------------------------------- appearance and light
+
+
+def _render(shape, size=SIZE):
+    R, t = angles_to_pose(0.6, 0.3, 0.0, 3.0)
+    verts_cam = (shape.mesh.verts @ R.T.float() + t.float())[None]
+    K = default_intrinsics(size)
+    return verts_cam, rasterize(verts_cam, shape.mesh.faces, K, size)
+
+
+def test_part_colours_follow_part_ids():
+    shape = make_shape("chair", 1)
+    _, frags = _render(shape)
+    params = rz.sample_appearance(gen(0), shape.num_parts)
+    params = dataclasses.replace(params, use_mesh_colors=False, pattern="none")
+    albedo = rz.apply_appearance(params, frags, shape.mesh.faces, shape.mesh.verts, shape.part_ids)[0]
+    p2f = frags.pix_to_face[0, ..., 0]
+    covered = p2f >= 0
+    part = shape.part_ids[p2f[covered]]
+    expected = torch.tensor(params.part_colors)[part]
+    assert_close(albedo[covered], expected)
+    assert float(albedo[~covered].abs().max()) == 0.0
+
+
+def test_solid_pattern_changes_only_patterned_parts():
+    shape = make_shape("table", 0)
+    _, frags = _render(shape)
+    base = rz.AppearanceParams(part_colors=((0.2, 0.4, 0.6), (0.9, 0.1, 0.1)), pattern_parts=(True, False))
+    striped = dataclasses.replace(base, pattern="stripes", pattern_color=(1.0, 1.0, 1.0), pattern_strength=1.0, pattern_scale=0.2)
+    a0 = rz.apply_appearance(base, frags, shape.mesh.faces, shape.mesh.verts, shape.part_ids)[0]
+    a1 = rz.apply_appearance(striped, frags, shape.mesh.faces, shape.mesh.verts, shape.part_ids)[0]
+    p2f = frags.pix_to_face[0, ..., 0]
+    part = torch.where(p2f >= 0, shape.part_ids[p2f.clamp_min(0)], torch.full_like(p2f, -1))
+    changed = (a0 != a1).any(-1)
+    assert not bool(changed[part == 1].any())
+    assert bool(changed[part == 0].any())
+
+
+def test_lighting_is_lambertian_with_ambient():
+    # one square facing the camera: normal (0, 0, -1) in camera coordinates
+    verts = torch.tensor([[[-1.0, -1.0, 4.0], [1.0, -1.0, 4.0], [1.0, 1.0, 4.0], [-1.0, 1.0, 4.0]]])
+    faces = torch.tensor([[0, 2, 1], [0, 3, 2]])
+    K = default_intrinsics(SIZE)
+    frags = rasterize(verts, faces, K, SIZE)
+    light = DirectionalLight(direction=(0.0, 0.6, 0.8), ambient=0.3, diffuse=0.5, color=(1.0, 0.5, 1.0))
+    albedo = torch.full((1, *SIZE, 3), 0.8) * frags.mask[..., None]
+    rgb = rz.apply_lighting(light, frags, faces, verts, albedo)[0]
+    term = 0.3 + 0.5 * 0.8  # n . -d = 0.8
+    covered = frags.mask[0]
+    assert_close(rgb[:, covered], (torch.tensor([0.8, 0.4, 0.8]) * term)[:, None].expand(3, int(covered.sum())))
+    assert float(rgb[:, ~covered].abs().max()) == 0.0
+
+
+def test_sample_light_is_valid_and_replayable():
+    light = rz.sample_light(gen(5))
+    assert isinstance(light, DirectionalLight) and light == rz.sample_light(gen(5))
+    assert light.unit_direction()[2] > 0  # travels into the scene
+    assert max(light.color) == pytest.approx(1.0)
+
+
+def test_photometric_replay_and_range():
+    params = rz.sample_photometric(gen(2))
+    image = torch.rand(3, *SIZE, generator=gen(0))
+    out = rz.apply_photometric(params, image)
+    assert torch.equal(out, rz.apply_photometric(params, image))
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    identity = rz.PhotometricParams()
+    assert_close(rz.apply_photometric(identity, image), image)
+
+
+# ------------------------------------------------------------------------- occluders
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_occluders_hit_the_level_range(level):
+    lo, hi = rz.OCCLUSION_LEVELS[level]
+    for seed in range(3):
+        mask = disc_mask(r=10.0 + 3 * seed)
+        occs, frac = rz.sample_occluders(gen(seed), mask, (lo, hi), categories=("mug", "car"), shape_seeds=2)
+        assert occs and lo <= frac <= hi
+        measured = float((rz.occluder_mask(occs, SIZE) & mask).sum()) / float(mask.sum())
+        assert measured == pytest.approx(frac)
+
+
+def test_occluder_draws_replay_to_the_same_image():
+    mask = disc_mask()
+    occs, frac = rz.sample_occluders(gen(11), mask, (0.4, 0.6), categories=("bottle",), shape_seeds=1)
+    again, frac2 = rz.sample_occluders(gen(11), mask, (0.4, 0.6), categories=("bottle",), shape_seeds=1)
+    assert occs == again and frac == frac2
+    image = torch.rand(3, *SIZE, generator=gen(0))
+    out, occ_mask = rz.apply_occluders(occs, image)
+    out2, occ_mask2 = rz.apply_occluders(again, image)
+    assert torch.equal(out, out2) and torch.equal(occ_mask, occ_mask2)
+    assert torch.equal(occ_mask, rz.occluder_mask(occs, SIZE))
+    assert torch.equal(out[:, ~occ_mask], image[:, ~occ_mask])  # untouched outside the occluders
+    assert not torch.equal(out[:, occ_mask], image[:, occ_mask])
+
+
+def test_both_occluder_kinds_are_drawn():
+    kinds = set()
+    for seed in range(12):
+        occ = rz.sample_occluder(gen(seed), (20.0, 20.0), 15.0, categories=("mug",), shape_seeds=1)
+        kinds.add(type(occ).__name__)
+    assert kinds == {"ShapeOccluder", "PatchOccluder"}
+
+
+@pytest.mark.parametrize("outline", ["ellipse", "rectangle", "polygon"])
+def test_patch_outline_is_inside_its_square(outline):
+    texture = rz.BackgroundParams(kind="checkers", colors=((0, 0, 0), (1, 1, 1)), scale=0.2)
+    occ = rz.PatchOccluder(outline=outline, texture=texture, aspect=0.5, radii=(1.0, 0.5, 0.8, 0.6),
+                           center=(24.0, 24.0), size=20.0, rotation=0.0)
+    mask = rz.occluder_mask([occ], SIZE)
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    assert int(rows.min()) >= 14 and int(rows.max()) <= 34 and int(cols.min()) >= 14 and int(cols.max()) <= 34
+    assert int(mask.sum()) > 40
+
+
+def test_no_occlusion_places_nothing():
+    assert rz.sample_occluders(gen(0), disc_mask(), (0.0, 0.0)) == ((), 0.0)
+
+
+def test_sample_occluders_input_errors():
+    with pytest.raises(ValueError, match="fraction_range"):
+        rz.sample_occluders(gen(0), disc_mask(), (0.6, 0.2))
+    with pytest.raises(ValueError, match="empty mask"):
+        rz.sample_occluders(gen(0), torch.zeros(SIZE, dtype=torch.bool), (0.2, 0.4))
+    with pytest.raises(ValueError, match="object_mask"):
+        rz.sample_occluders(gen(0), disc_mask().float(), (0.2, 0.4))
+    with pytest.raises(TypeError, match="torch.Generator"):
+        rz.sample_light(0)
