@@ -48,7 +48,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from render import DirectionalLight, Fragments, angles_to_pose, interpolate, intrinsics, rasterize, vertex_normals
+from render import (
+    DirectionalLight,
+    Fragments,
+    angles_to_pose,
+    interpolate,
+    intrinsics,
+    rasterize,
+    vertex_normals,
+)
+from render.checks import check_image_size
 
 from .shapes import Shape, make_shape
 
@@ -137,16 +146,6 @@ def _rng(seed: int) -> torch.Generator:
 def _check_generator(g) -> None:
     if not isinstance(g, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator, got {type(g).__name__}")
-
-
-def _image_size(image_size) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size: expected (H, W), got {image_size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image_size: expected positive (H, W), got {(h, w)}")
-    return h, w
 
 
 def _palette(s: torch.Tensor, colors: Sequence[RGB]) -> torch.Tensor:
@@ -279,7 +278,7 @@ def sample_background(
         kinds: the procedural kinds to draw from otherwise.
     """
     _check_generator(generator)
-    h, w = _image_size(image_size)
+    h, w = check_image_size(image_size)
     g = generator
     use_photo = bool(photos) and _uniform(g, 0.0, 1.0) < photo_probability
     if use_photo:
@@ -315,7 +314,7 @@ def apply_background(params: BackgroundParams, image_size: tuple[int, int]) -> t
     side and upsampled (bilinear) beyond that. ``"photo"``: the crop, resized with
     antialiasing (and mirrored if ``flip``).
     """
-    h, w = _image_size(image_size)
+    h, w = check_image_size(image_size)
     if params.kind == "photo":
         return _photo_crop(params, h, w)
     scale = min(1.0, _CANVAS / max(h, w))
@@ -837,7 +836,7 @@ def _footprint(occ: Occluder, h: int, w: int) -> tuple[int, int, int, int]:
 
 def occluder_mask(occluders: Sequence[Occluder], image_size: tuple[int, int]) -> torch.Tensor:
     """``(H, W)`` bool: the pixels covered by any of the occluders (their sprite's alpha >= 0.5)."""
-    h, w = _image_size(image_size)
+    h, w = check_image_size(image_size)
     mask = torch.zeros(h, w, dtype=torch.bool)
     for occ in occluders:
         r0, r1, c0, c1 = _footprint(occ, h, w)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["check_shape", "check_floating", "check_finite", "check_image_size"]
+__all__ = ["check_shape", "check_floating", "check_finite", "check_image_size", "check_mesh", "check_intrinsics"]
 
 
 def check_shape(name: str, x: torch.Tensor, dims: Sequence[str | int]) -> dict[str, int]:
@@ -65,3 +65,52 @@ def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"image_size: expected positive (H, W), got {(h, w)}")
     return h, w
+
+
+def check_mesh(name: str, verts: torch.Tensor, faces: torch.Tensor) -> int:
+    """Check batched ``verts (B, V, 3)`` (float, finite) and ``faces (F, 3)`` int64.
+
+    ``faces`` must be non-empty, on ``verts``' device, with indices in ``[0, V)``.
+    Returns ``B``.
+    """
+    check_floating(name, verts)
+    b = check_shape(name, verts, ["B", "V", 3])["B"]
+    check_finite(name, verts)
+    if not isinstance(faces, torch.Tensor):
+        raise TypeError(f"faces: expected a torch.Tensor, got {type(faces).__name__}")
+    if faces.dtype != torch.int64:
+        raise TypeError(f"faces: expected dtype torch.int64, got {faces.dtype}")
+    check_shape("faces", faces, ["F", 3])
+    if faces.shape[0] == 0:
+        raise ValueError("faces: expected at least one face, got an empty mesh (F = 0)")
+    if faces.device != verts.device:
+        raise ValueError(f"faces: expected device {verts.device}, got {faces.device}")
+    if int(faces.min()) < 0 or int(faces.max()) >= verts.shape[1]:
+        raise ValueError(
+            f"faces: indices must lie in [0, {verts.shape[1] - 1}], "
+            f"got range [{int(faces.min())}, {int(faces.max())}]"
+        )
+    return b
+
+
+def check_intrinsics(K: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Check ``K (3, 3)`` or ``(batch, 3, 3)`` pinhole intrinsics; return ``(batch, 3, 3)``.
+
+    ``K`` must be ``[[fx, s, cx], [0, fy, cy], [0, 0, 1]]`` with ``fx, fy > 0``; it is
+    moved to the device and dtype of ``like``.
+    """
+    if not isinstance(K, torch.Tensor):
+        raise TypeError(f"K: expected a torch.Tensor, got {type(K).__name__}")
+    if K.dim() == 2:
+        check_shape("K", K, [3, 3])
+        K = K.expand(batch, 3, 3)
+    else:
+        check_shape("K", K, [batch, 3, 3])
+    check_finite("K", K)
+    K = K.to(device=like.device, dtype=like.dtype)
+    last = torch.tensor([0.0, 0.0, 1.0], dtype=K.dtype, device=K.device)
+    if not torch.equal(K[:, 2], last.expand(batch, 3)) or bool((K[:, 1, 0] != 0).any()):
+        raise ValueError("K: expected upper-triangular intrinsics [[fx, s, cx], [0, fy, cy], [0, 0, 1]]")
+    if bool((K[:, 0, 0] <= 0).any()) or bool((K[:, 1, 1] <= 0).any()):
+        raise ValueError("K: expected positive focal lengths fx, fy")
+    return K

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_finite, check_floating, check_image_size, check_shape
+from .checks import check_image_size, check_intrinsics, check_mesh
 
 __all__ = ["Fragments", "rasterize", "rasterize_reference", "DEFAULT_MAX_CANDIDATES"]
 
@@ -66,35 +66,8 @@ class Fragments:
 
 
 def _check_inputs(verts, faces, K, image_size, faces_per_pixel):
-    check_floating("verts", verts)
-    b = check_shape("verts", verts, ["B", "V", 3])["B"]
-    check_finite("verts", verts)
-    if faces.dtype != torch.int64:
-        raise TypeError(f"faces: expected dtype torch.int64, got {faces.dtype}")
-    check_shape("faces", faces, ["F", 3])
-    if faces.shape[0] == 0:
-        raise ValueError("faces: expected at least one face, got an empty mesh (F = 0)")
-    if (int(faces.min()) < 0 or int(faces.max()) >= verts.shape[1]):
-        raise ValueError(
-            f"faces: indices must lie in [0, {verts.shape[1] - 1}], "
-            f"got range [{int(faces.min())}, {int(faces.max())}]"
-        )
-    if faces.device != verts.device:
-        raise ValueError(f"faces: expected device {verts.device}, got {faces.device}")
-    if not isinstance(K, torch.Tensor):
-        raise TypeError(f"K: expected a torch.Tensor, got {type(K).__name__}")
-    if K.dim() == 2:
-        check_shape("K", K, [3, 3])
-        K = K.expand(b, 3, 3)
-    else:
-        check_shape("K", K, [b, 3, 3])
-    check_finite("K", K)
-    K = K.to(device=verts.device, dtype=verts.dtype)
-    last = torch.tensor([0.0, 0.0, 1.0], dtype=K.dtype, device=K.device)
-    if not torch.equal(K[:, 2], last.expand(b, 3)) or bool((K[:, 1, 0] != 0).any()):
-        raise ValueError("K: expected upper-triangular intrinsics [[fx, s, cx], [0, fy, cy], [0, 0, 1]]")
-    if bool((K[:, 0, 0] <= 0).any()) or bool((K[:, 1, 1] <= 0).any()):
-        raise ValueError("K: expected positive focal lengths fx, fy")
+    b = check_mesh("verts", verts, faces)
+    K = check_intrinsics(K, b, verts)
     h, w = check_image_size(image_size)
     if int(faces_per_pixel) < 1:
         raise ValueError(f"faces_per_pixel: expected >= 1, got {faces_per_pixel}")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .checks import check_finite, check_floating, check_image_size, check_shape
+from .checks import check_floating, check_image_size, check_intrinsics, check_mesh, check_shape
 from .interpolate import interpolate
 from .rasterize import DEFAULT_MAX_CANDIDATES, Fragments, rasterize
 
@@ -62,25 +62,6 @@ def _unit(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return v * torch.rsqrt(norm_sq)
 
 
-def _check_mesh(verts: torch.Tensor, faces: torch.Tensor, name: str = "verts") -> int:
-    """Check ``verts (B, V, 3)`` floating and ``faces (F, 3)`` int64 in range; return B."""
-    check_floating(name, verts)
-    b = check_shape(name, verts, ["B", "V", 3])["B"]
-    if not isinstance(faces, torch.Tensor):
-        raise TypeError(f"faces: expected a torch.Tensor, got {type(faces).__name__}")
-    if faces.dtype != torch.int64:
-        raise TypeError(f"faces: expected dtype torch.int64, got {faces.dtype}")
-    check_shape("faces", faces, ["F", 3])
-    if faces.device != verts.device:
-        raise ValueError(f"faces: expected device {verts.device}, got {faces.device}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= verts.shape[1]):
-        raise ValueError(
-            f"faces: indices must lie in [0, {verts.shape[1] - 1}], "
-            f"got range [{int(faces.min())}, {int(faces.max())}]"
-        )
-    return b
-
-
 def _face_cross(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """``(B, F, 3)`` ``(v1 - v0) x (v2 - v0)``: outward, with length twice the face area."""
     v0, v1, v2 = (verts.index_select(1, faces[:, i]) for i in range(3))
@@ -105,7 +86,7 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         >>> face_normals(verts, torch.tensor([[0, 1, 2]])).tolist()
         [[[0.0, 0.0, 1.0]]]
     """
-    _check_mesh(verts, faces)
+    check_mesh("verts", verts, faces)
     return _unit(_face_cross(verts, faces))
 
 
@@ -130,7 +111,7 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         >>> vertex_normals(verts, torch.tensor([[0, 1, 2]]))[0].tolist()  # vertex 3 is unused
         [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
     """
-    _check_mesh(verts, faces)
+    check_mesh("verts", verts, faces)
     cross = _face_cross(verts, faces)
     acc = torch.zeros_like(verts)
     for i in range(3):
@@ -301,7 +282,7 @@ def _shade(fragments, faces, verts_cam, vertex_colors, uvs, texture, texture_wra
         raise TypeError(f"fragments: expected render.Fragments, got {type(fragments).__name__}")
     if not isinstance(light, DirectionalLight):
         raise TypeError(f"light: expected a DirectionalLight, got {type(light).__name__}")
-    bsz = _check_mesh(verts_cam, faces, "verts_cam")
+    bsz = check_mesh("verts_cam", verts_cam, faces)
     p2f = fragments.pix_to_face[..., 0]
     if p2f.shape[0] != bsz:
         raise ValueError(f"verts_cam: expected a batch of {p2f.shape[0]} to match the fragments, got {bsz}")
@@ -456,21 +437,8 @@ def render_rgb(
 
 def _check_silhouette_inputs(verts, faces, K, image_size, sigma, eps=None):
     """Validate :func:`soft_silhouette` inputs; return ``(K (B, 3, 3), H, W)``."""
-    bsz = _check_mesh(verts, faces, "verts_cam")
-    check_finite("verts_cam", verts)
-    if faces.shape[0] == 0:
-        raise ValueError("faces: expected at least one face, got an empty mesh (F = 0)")
-    if not isinstance(K, torch.Tensor):
-        raise TypeError(f"K: expected a torch.Tensor, got {type(K).__name__}")
-    if K.dim() == 2:
-        check_shape("K", K, [3, 3])
-        K = K.expand(bsz, 3, 3)
-    else:
-        check_shape("K", K, [bsz, 3, 3])
-    check_finite("K", K)
-    K = K.to(device=verts.device, dtype=verts.dtype)
-    if bool((K[:, 2, :2] != 0).any()) or bool((K[:, 2, 2] != 1).any()):
-        raise ValueError(f"K: expected a last row (0, 0, 1), got {K[:, 2].tolist()}")
+    bsz = check_mesh("verts_cam", verts, faces)
+    K = check_intrinsics(K, bsz, verts)
     h, w = check_image_size(image_size)
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
