@@ -13,6 +13,21 @@ from .backbones import (
     feature_size,
 )
 from .metrics import METRIC_NAMES, format_metrics_table, pose_metrics, rotation_error
+from .neural_mesh import ModelError, NeuralMesh
+from .training import (
+    Checkpoint,
+    CheckpointError,
+    ContrastiveLoss,
+    TrainConfig,
+    TrainResult,
+    load_checkpoint,
+    nemo_contrastive_loss,
+    project_vertices,
+    sample_background_features,
+    sample_vertex_features,
+    train,
+    update_vertex_bank,
+)
 
 __all__ = [
     "ARCHS",
@@ -28,4 +43,18 @@ __all__ = [
     "rotation_error",
     "pose_metrics",
     "format_metrics_table",
+    "NeuralMesh",
+    "ModelError",
+    "TrainConfig",
+    "TrainResult",
+    "Checkpoint",
+    "CheckpointError",
+    "ContrastiveLoss",
+    "nemo_contrastive_loss",
+    "sample_vertex_features",
+    "sample_background_features",
+    "update_vertex_bank",
+    "project_vertices",
+    "train",
+    "load_checkpoint",
 ]
