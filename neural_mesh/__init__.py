@@ -12,6 +12,18 @@ from .backbones import (
     feature_intrinsics,
     feature_size,
 )
+from .fitting import (
+    FitConfig,
+    InitGrid,
+    PoseParams,
+    PoseResult,
+    fit_pose,
+    init_grid_for,
+    nemo_loss,
+    params_from_pose,
+    pose_from_params,
+    render_features,
+)
 from .metrics import METRIC_NAMES, format_metrics_table, pose_metrics, rotation_error
 from .neural_mesh import ModelError, NeuralMesh
 from .training import (
@@ -45,6 +57,16 @@ __all__ = [
     "format_metrics_table",
     "NeuralMesh",
     "ModelError",
+    "render_features",
+    "nemo_loss",
+    "PoseParams",
+    "pose_from_params",
+    "params_from_pose",
+    "FitConfig",
+    "PoseResult",
+    "InitGrid",
+    "init_grid_for",
+    "fit_pose",
     "TrainConfig",
     "TrainResult",
     "Checkpoint",
