@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_FEATURE_DIM",
     "DEFAULT_CLUTTER_SIZE",
     "mesh_hash",
+    "file_sha256",
 ]
 
 #: Version of the on-disk format written by :meth:`NeuralMesh.save`.
@@ -295,7 +296,7 @@ class NeuralMesh:
         work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         try:
             save_file(tensors, str(work / WEIGHTS_FILE))
-            config["weights_sha256"] = _sha256_file(work / WEIGHTS_FILE)
+            config["weights_sha256"] = file_sha256(work / WEIGHTS_FILE)
             (work / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             if fresh:
                 os.rename(work, directory)
@@ -326,7 +327,7 @@ class NeuralMesh:
         if not weights_path.is_file():
             raise ModelError(f"{weights_path}: missing (expected beside {CONFIG_FILE})")
         expected_sha = config["weights_sha256"]
-        if expected_sha is not None and _sha256_file(weights_path) != expected_sha:
+        if expected_sha is not None and file_sha256(weights_path) != expected_sha:
             raise ModelError(
                 f"{weights_path}: checksum does not match {CONFIG_FILE} (files from different saves?)"
             )
@@ -369,7 +370,8 @@ class NeuralMesh:
         return model.to(device)
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MB blocks); checksums in saved models."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -131,7 +131,7 @@ from render import Mesh, rasterize
 from render.checks import check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
-from .neural_mesh import ModelError, NeuralMesh
+from .neural_mesh import ModelError, NeuralMesh, file_sha256
 
 __all__ = [
     "TrainConfig",
@@ -789,7 +789,7 @@ def synthetic_data(
             image_size=tuple(image_size), categories=(), mesh_paths=(f"{name}={path}",),
             vertex_projections=True,
         )
-        extra = {"mesh": str(path), "mesh_sha256": _sha256_file(path), "names": [name]}
+        extra = {"mesh": str(path), "mesh_sha256": file_sha256(path), "names": [name]}
     else:
         if isinstance(categories, str):
             categories = (categories,)
@@ -837,7 +837,7 @@ def build_data(config: TrainConfig) -> tuple[torch.utils.data.Dataset, dict[str,
         path = Path(data["mesh"])
         if not path.is_file():
             raise ValueError(f"{path}: mesh file not found")
-        if data.get("mesh_sha256") and _sha256_file(path) != data["mesh_sha256"]:
+        if data.get("mesh_sha256") and file_sha256(path) != data["mesh_sha256"]:
             raise ValueError(f"{path}: the mesh file changed since the run started")
         name = data["names"][0]
         shape = load_shape(path, category=name)
@@ -1083,14 +1083,6 @@ class Checkpoint:
     rng_state: dict[str, torch.Tensor]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -1151,7 +1143,7 @@ def save_checkpoint(
             "meshes": list(meshes),
             "clutter_pointers": {k: int(v) for k, v in clutter_pointers.items()},
             "optimizer": {"type": type(optimizer).__name__, "param_groups": param_groups},
-            "files": {f: _sha256_file(work / f) for f in files},
+            "files": {f: file_sha256(work / f) for f in files},
         }
         (work / TRAINER_FILE).write_text(json.dumps(trainer, indent=2) + "\n")
         if final.exists():
@@ -1231,7 +1223,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         p = ckpt / rel
         if not p.is_file():
             raise CheckpointError(f"{p}: missing (listed in {TRAINER_FILE})")
-        if _sha256_file(p) != sha:
+        if file_sha256(p) != sha:
             raise CheckpointError(f"{p}: checksum does not match {TRAINER_FILE} (corrupt or from another save)")
 
     def read(name: str) -> dict[str, torch.Tensor]:
