@@ -28,7 +28,8 @@ On request (see :class:`SyntheticConfig`):
 * ``points (N, 3)``: object-frame surface samples (``trimesh.sample.sample_surface``,
   seed 0, so fixed per mesh);
 * ``vertex_uv (V, 2)`` + ``vertex_visible (V,)``: the vertices of the shape's neural-mesh
-  surface (``render.cuboid_surface``, about ``neural_mesh_verts`` vertices) projected with
+  surface (``render.cuboid_surface`` or ``render.remesh_surface``, ``neural_mesh_kind``; about
+  ``neural_mesh_verts`` vertices) projected with
   ``K, R, t``; a vertex is visible when its pixel ``(round(v), round(u))`` lies in the
   image and either no face of the surface covers that pixel or the vertex's camera depth
   is at most the surface's z-buffer there plus ``visibility_tolerance`` (object units;
@@ -106,6 +107,7 @@ from render import (
     intrinsics,
     project_points,
     rasterize,
+    remesh_surface,
     render_rgb,
 )
 
@@ -184,7 +186,10 @@ class SyntheticConfig:
         photometric: apply brightness / contrast / saturation / noise jitter.
         points: number of surface points in ``points`` (0: key absent).
         vertex_projections: add ``vertex_uv`` and ``vertex_visible``.
-        neural_mesh_verts: vertex target of the neural-mesh surface (``cuboid_surface``).
+        neural_mesh_verts: vertex target of the neural-mesh surface.
+        neural_mesh_kind: ``"cuboid"`` (NeMo's cuboid around the shape,
+            ``render.cuboid_surface``; for categories) or ``"remesh"`` (vertices on the
+            shape's own surface, ``render.remesh_surface``; for a known mesh).
         visibility_tolerance: depth slack of the visibility test (object units), added to
             the z-buffer's local step (:func:`vertex_visibility`).
         views: number of canonical views in ``views`` (0: key absent).
@@ -212,6 +217,7 @@ class SyntheticConfig:
     points: int = 0
     vertex_projections: bool = False
     neural_mesh_verts: int = 1000
+    neural_mesh_kind: str = "cuboid"
     visibility_tolerance: float = 0.02
     views: int = 0
     view_size: int = 64
@@ -274,6 +280,8 @@ class SyntheticConfig:
             if int(getattr(self, name)) < low:
                 raise ValueError(f"SyntheticConfig.{name}: expected >= {low}, got {getattr(self, name)}")
             put(name, int(getattr(self, name)))
+        if self.neural_mesh_kind not in ("cuboid", "remesh"):
+            raise ValueError(f"SyntheticConfig.neural_mesh_kind: expected 'cuboid' or 'remesh', got {self.neural_mesh_kind!r}")
         if not float(self.visibility_tolerance) >= 0:
             raise ValueError(f"SyntheticConfig.visibility_tolerance: expected >= 0, got {self.visibility_tolerance}")
 
@@ -538,8 +546,11 @@ class SyntheticDataset(torch.utils.data.Dataset):
         return value
 
     def neural_mesh(self, mesh_key: tuple) -> Mesh:
-        """The (cached) neural-mesh surface of a shape: ``render.cuboid_surface``."""
-        return self._cached("cuboid", mesh_key, lambda s: cuboid_surface(s.mesh, num_verts=self.config.neural_mesh_verts))
+        """The (cached) neural-mesh surface of a shape (:attr:`SyntheticConfig.neural_mesh_kind`)."""
+        n = self.config.neural_mesh_verts
+        if self.config.neural_mesh_kind == "remesh":
+            return self._cached("remesh", mesh_key, lambda s: remesh_surface(s.mesh, num_verts=n))
+        return self._cached("cuboid", mesh_key, lambda s: cuboid_surface(s.mesh, num_verts=n))
 
     def _points(self, mesh_key: tuple) -> torch.Tensor:
         def build(shape):

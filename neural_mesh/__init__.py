@@ -1,5 +1,6 @@
 """neural_mesh: neural mesh models (NeMo) — backbones, vertex-feature meshes, contrastive
-training, render-and-compare pose fitting and pose metrics."""
+training, render-and-compare pose fitting, ready-to-use pose models built from a mesh, a
+regression baseline and pose metrics."""
 
 from .backbones import (
     ARCHS,
@@ -24,8 +25,17 @@ from .fitting import (
     pose_from_params,
     render_features,
 )
+from .build import BuildConfig, build_model, default_cache_dir, model_cache_path
 from .metrics import METRIC_NAMES, format_metrics_table, pose_metrics, rotation_error
+from .model import PoseModel
 from .neural_mesh import ModelError, NeuralMesh
+from .regression import (
+    PoseRegressor,
+    RegressionConfig,
+    load_regressor,
+    save_regressor,
+    train_regressor,
+)
 from .training import (
     Checkpoint,
     CheckpointError,
@@ -79,4 +89,14 @@ __all__ = [
     "project_vertices",
     "train",
     "load_checkpoint",
+    "PoseModel",
+    "BuildConfig",
+    "build_model",
+    "default_cache_dir",
+    "model_cache_path",
+    "RegressionConfig",
+    "PoseRegressor",
+    "train_regressor",
+    "save_regressor",
+    "load_regressor",
 ]

@@ -636,7 +636,12 @@ class TrainConfig:
         weight_decay: Adam weight decay (NeMo: 1e-4).
         seed: seeds the backbone, the initial banks, the data order and the background
             cells.
-        num_verts: vertex target of each cuboid neural mesh (NeMo: about 1,000).
+        num_verts: vertex target of each neural mesh (NeMo: about 1,000).
+        mesh_kind: ``"cuboid"`` (NeMo's cuboid around the object; the only choice for
+            procedural categories) or ``"remesh"`` (vertices on the surface of the one
+            training mesh, :func:`render.remesh_surface`: every vertex is on the object, so
+            features are not learned for empty space inside the cuboid and the rendered
+            silhouette is the object's own).
         clutter_size: entries of each clutter bank (NeMo: 5 x 512 = 2,560).
         num_background: background features per image (NeMo: 5).
         momentum: vertex-bank momentum (NeMo: 0.9).
@@ -660,6 +665,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     num_verts: int = 1000
+    mesh_kind: str = "cuboid"
     clutter_size: int = 2048
     num_background: int = 5
     momentum: float = 0.9
@@ -718,6 +724,10 @@ class TrainConfig:
             if isinstance(r3, bool) or not isinstance(r3, (int, float)) or not (math.isfinite(r3) and r3 >= 0):
                 raise ValueError(f"TrainConfig.neighbor_radius_3d: expected None or a number >= 0, got {r3!r}")
             object.__setattr__(self, "neighbor_radius_3d", float(r3))
+        if self.mesh_kind not in ("cuboid", "remesh"):
+            raise ValueError(f"TrainConfig.mesh_kind: expected 'cuboid' or 'remesh', got {self.mesh_kind!r}")
+        if self.mesh_kind == "remesh" and self.data.get("kind") == "synthetic" and not self.data.get("mesh"):
+            raise ValueError("TrainConfig.mesh_kind: 'remesh' needs one training mesh (procedural categories use cuboids)")
         if self.sampling not in ("nearest", "bilinear"):
             raise ValueError(f"TrainConfig.sampling: expected 'nearest' or 'bilinear', got {self.sampling!r}")
 
@@ -829,7 +839,7 @@ def build_data(config: TrainConfig) -> tuple[torch.utils.data.Dataset, dict[str,
             "(pass dataset= and meshes= to train() for other data)"
         )
     syn = SyntheticConfig.from_dict(data["config"])
-    syn = dataclasses.replace(syn, neural_mesh_verts=config.num_verts)
+    syn = dataclasses.replace(syn, neural_mesh_verts=config.num_verts, neural_mesh_kind=config.mesh_kind)
     dataset = SyntheticDataset(syn, seed=int(data["seed"]), length=int(data["length"]))
     gen = torch.Generator().manual_seed(_derived_seed(config.seed, "banks"))
     meshes: dict[str, NeuralMesh] = {}
@@ -842,7 +852,7 @@ def build_data(config: TrainConfig) -> tuple[torch.utils.data.Dataset, dict[str,
         name = data["names"][0]
         shape = load_shape(path, category=name)
         nmesh = NeuralMesh.from_mesh(
-            shape.mesh, num_verts=config.num_verts, kind="cuboid",
+            shape.mesh, num_verts=config.num_verts, kind=config.mesh_kind,
             feature_dim=config.backbone.feature_dim, clutter_size=config.clutter_size, generator=gen,
         )
         surface = dataset.neural_mesh(("file", name, str(path)))

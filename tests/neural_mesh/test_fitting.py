@@ -286,8 +286,24 @@ def test_fit_score_is_the_loss_of_the_returned_pose(model, clean_fit):
     fmap = maps[0][0]
     res = results[0]
     feat, mask = render_features(nm, res.R[None], res.t[None], _feature_K(K), MAP_SIZE)
-    loss = nemo_loss(fmap[None], feat, mask, mean_clutter_feature(nm.clutter))
+    loss = nemo_loss(fmap[None], feat, mask, nm.clutter)  # default clutter score: max over the bank
     assert math.isclose(res.score, 1 - float(loss[0]), abs_tol=1e-5)
+
+
+def test_nemo_loss_with_a_bank_takes_the_best_clutter_match():
+    torch.manual_seed(3)
+    img = torch.nn.functional.normalize(torch.randn(2, 5, 4, 6, dtype=torch.float64), dim=1)
+    rendered = torch.nn.functional.normalize(torch.randn(2, 5, 4, 6, dtype=torch.float64), dim=1)
+    mask = torch.rand(2, 4, 6) > 0.5
+    bank = torch.nn.functional.normalize(torch.randn(7, 5, dtype=torch.float64), dim=1)
+    clu = torch.einsum("bchw,mc->bmhw", img, bank).amax(1)
+    obj = torch.where(mask, (img * rendered).sum(1), torch.zeros_like(clu))
+    expected = 1 - (torch.maximum(obj, clu).mean((1, 2)) - clu.mean((1, 2)))
+    assert_close(nemo_loss(img, rendered, mask, bank), expected)
+    with pytest.raises(ValueError, match="clutter_feat"):
+        nemo_loss(img, rendered, mask, bank[:, :3])
+    with pytest.raises(ValueError, match="clutter_score"):
+        FitConfig(clutter_score="median")
 
 
 @pytest.fixture(scope="module")

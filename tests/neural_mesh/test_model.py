@@ -1,0 +1,176 @@
+"""PoseModel: crops and their intrinsics, frames, save/load, fitting photos; build_model's cache."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from datasets.shapes import load_shape
+from neural_mesh import build as build_mod
+from neural_mesh.backbones import BackboneConfig, FeatureBackbone
+from neural_mesh.build import BuildConfig, build_model, cache_key, model_cache_path
+from neural_mesh.fitting import FitConfig
+from neural_mesh.model import PoseModel, crop_image, crop_intrinsics
+from neural_mesh.neural_mesh import ModelError, NeuralMesh
+from render import angles_to_pose, center_and_scale, intrinsics, load_mesh, project_points
+
+CHAIR = Path(__file__).resolve().parents[2] / "demos" / "data" / "chair.obj"
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> PoseModel:
+    torch.manual_seed(0)
+    backbone = FeatureBackbone(BackboneConfig(arch="resnet18", width=8, feature_dim=16), seed=0)
+    shape = load_shape(CHAIR)
+    nmesh = NeuralMesh.from_mesh(shape.mesh, num_verts=60, feature_dim=16, clutter_size=8,
+                                 generator=torch.Generator().manual_seed(0))
+    _, c, s = center_and_scale(load_mesh(CHAIR), center="bbox", scale="radius")
+    return PoseModel(backbone, nmesh, (64, 64), 0.6, c, s, meta={"mesh_file": "chair.obj"})
+
+
+def test_crop_image_samples_where_crop_intrinsics_says():
+    H, W = 50, 70
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    image = torch.stack([u / 100, v / 100, torch.zeros_like(u)])
+    x0, y0, scale = 10.0, 5.0, 1.25
+    crop = crop_image(image, x0, y0, scale, 20)
+    # pixel (u', v') of the crop holds the original at (x0 + s u', y0 + s v') (a linear ramp)
+    uu = torch.arange(20, dtype=torch.float64)
+    torch.testing.assert_close(crop[0, 3], (x0 + scale * uu) / 100)
+    torch.testing.assert_close(crop[1, :, 7], (y0 + scale * uu) / 100)
+    # and a 3D point projects to the corresponding crop pixel with the crop's K
+    K = intrinsics(80.0, 80.0, 33.0, 24.0).double()
+    Kc = crop_intrinsics(K, x0, y0, scale)
+    X = torch.tensor([[[0.1, -0.2, 2.0]]], dtype=torch.float64)
+    uv = project_points(X, K)[0][0, 0]
+    uvc = project_points(X, Kc)[0][0, 0]
+    torch.testing.assert_close(uvc, (uv - torch.tensor([x0, y0], dtype=torch.float64)) / scale)
+
+
+def test_crop_outside_the_photo_is_grey_and_shrinking_is_antialiased():
+    image = torch.zeros(3, 40, 40, dtype=torch.float64)
+    image[:, ::2] = 1.0  # one-pixel stripes: aliasing would show as 0 / 1 values
+    crop = crop_image(image, -100.0, -100.0, 1.0, 8)
+    assert torch.allclose(crop, torch.full_like(crop, 0.5))
+    small = crop_image(image, 0.5, 0.5, 4.0, 10)
+    assert (small[:, 1:-1, 1:-1] - 0.5).abs().max() < 0.13
+
+
+def test_prepare_puts_the_box_at_the_training_scale(tiny_model):
+    image = torch.rand(3, 120, 200)
+    K = intrinsics(150.0, 150.0, 99.5, 59.5)
+    box = (40.0, 30.0, 100.0, 90.0)  # 60 px
+    crop, Kc, (x0, y0, scale) = tiny_model.prepare(image, K, box)
+    assert crop.shape == (3, 64, 64)
+    # the box's side becomes box_fraction of the crop, centred
+    assert math.isclose(60.0 / scale, 0.6 * 64, rel_tol=1e-6)
+    cx = (70.0 - x0) / scale
+    assert math.isclose(cx, 31.5, abs_tol=1e-6)
+    torch.testing.assert_close(Kc, crop_intrinsics(K, x0, y0, scale))
+    with pytest.raises(ValueError, match="bbox"):
+        tiny_model.prepare(image, K, (10.0, 10.0, 5.0, 20.0))
+    with pytest.raises(ValueError, match="image"):
+        tiny_model.prepare(torch.rand(4, 10, 10), K)
+
+
+def test_file_frame_pose_gives_the_same_projection(tiny_model):
+    R, t = angles_to_pose(torch.tensor(0.7), torch.tensor(0.3), torch.tensor(-0.1), torch.tensor(4.0))
+    R, t = R.double(), (t + torch.tensor([0.2, -0.1, 0.0])).double()
+    K = intrinsics(100.0, 100.0, 50.0, 40.0).double()
+    file_verts = load_mesh(CHAIR).verts.double()
+    model_verts = tiny_model.mesh_scale * (file_verts - tiny_model.mesh_center)
+    Rf, tf = tiny_model.to_file_frame(R, t)
+    a = project_points(model_verts[None], K, R, t)[0]
+    b = project_points(file_verts[None], K, Rf, tf)[0]
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(Rf, R)
+
+
+def test_save_load_round_trip_and_errors(tiny_model, tmp_path):
+    d = tmp_path / "m"
+    tiny_model.save(d)
+    tiny_model.save(d)  # replacing an existing model works
+    loaded = PoseModel.load(d)
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(loaded.feature_map(x), tiny_model.feature_map(x))
+    assert loaded.box_fraction == tiny_model.box_fraction and loaded.meta == tiny_model.meta
+    torch.testing.assert_close(loaded.mesh_center, tiny_model.mesh_center)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(ModelError, match="no such model directory"):
+        PoseModel.load(tmp_path / "missing")
+    with pytest.raises(ModelError, match="model.json: missing"):
+        PoseModel.load(tmp_path)
+    (d / "backbone.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="backbone.safetensors: checksum"):
+        PoseModel.load(d)
+    (d / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="model.json: cannot read JSON"):
+        PoseModel.load(d)
+    (d / "model.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ModelError, match="not a pose model"):
+        PoseModel.load(d)
+
+
+def test_fit_returns_poses_in_photo_pixels(tiny_model):
+    torch.manual_seed(1)
+    images = [torch.rand(3, 48, 80), torch.rand(3, 64, 64)]
+    Ks = [intrinsics(90.0, 90.0, 39.5, 23.5), intrinsics(70.0, 70.0, 31.5, 31.5)]
+    quick = FitConfig(num_azimuths=4, num_elevations=2, num_thetas=1, top_k=1, steps=10, placement_search=2)
+    res = tiny_model.fit(images, Ks, bbox=[(20.0, 10.0, 50.0, 40.0), None], config=quick)
+    assert len(res) == 2
+    for r, K in zip(res, Ks):
+        assert torch.allclose(r.R @ r.R.T, torch.eye(3, dtype=r.R.dtype), atol=1e-5)
+        assert abs(float(torch.linalg.det(r.R)) - 1) < 1e-5
+        # (u0, v0) is where the model origin projects in the photo
+        uv = project_points(torch.zeros(1, 1, 3, dtype=r.t.dtype), K.to(r.t.dtype), r.R, r.t)[0][0, 0]
+        assert abs(float(uv[0]) - r.u0) < 1e-3 and abs(float(uv[1]) - r.v0) < 1e-3
+        assert r.seconds > 0
+    with pytest.raises(ValueError, match="K: expected 2"):
+        tiny_model.fit(images, Ks[:1], config=quick)
+
+
+# ------------------------------------------------------------------------ build_model
+
+TINY = BuildConfig(steps=2, image_size=32, batch_size=2, num_verts=60)
+
+
+def test_build_model_caches_by_content_and_config(tmp_path, monkeypatch):
+    mesh = tmp_path / "chair.obj"
+    mesh.write_bytes(CHAIR.read_bytes())
+    model = build_model(mesh, TINY, cache_dir=tmp_path / "cache", progress=False)
+    target = model_cache_path(mesh, TINY, tmp_path / "cache")
+    assert (target / "model.json").is_file()
+    assert not (tmp_path / "cache" / "runs" / target.name).exists()  # the run is cleaned up
+    assert model.image_size == (32, 32) and 0.2 < model.box_fraction < 1.2
+    assert model.meta["mesh_file"] == "chair.obj"
+    # second call: loaded, not trained (train() would raise)
+    monkeypatch.setattr(build_mod, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    again = build_model(mesh, TINY, cache_dir=tmp_path / "cache", progress=False)
+    torch.testing.assert_close(again.nmesh.features, model.nmesh.features)
+    # the key follows content and config, not the path
+    moved = tmp_path / "renamed.obj"
+    moved.write_bytes(mesh.read_bytes())
+    assert cache_key(moved, TINY) == cache_key(mesh, TINY)
+    assert cache_key(mesh, BuildConfig(steps=3, image_size=32, batch_size=2, num_verts=60)) != cache_key(mesh, TINY)
+    mesh.write_text(mesh.read_text() + "\n# edited\n")
+    assert cache_key(mesh, TINY) != cache_key(moved, TINY)
+
+
+def test_build_config_validation_and_bad_mesh(tmp_path):
+    with pytest.raises(ValueError, match="BuildConfig.steps"):
+        BuildConfig(steps=0)
+    with pytest.raises(ValueError, match="BuildConfig.backbone"):
+        BuildConfig(backbone="nope")
+    with pytest.raises(ValueError, match="BuildConfig.mesh_kind"):
+        BuildConfig(mesh_kind="sphere")
+    bad = tmp_path / "bad.obj"
+    bad.write_text("this is not a mesh\n")
+    from render import MeshError
+
+    with pytest.raises(MeshError, match="bad.obj"):
+        build_model(bad, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache" / "models").exists()
