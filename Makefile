@@ -1,5 +1,5 @@
 # Two commands for a new user on a fresh machine (see README.md):
-#   make demo   set up .venv if needed, then run the main job on a bundled example
+#   make demo   set up .venv if needed, then fit the pose of the bundled example photo
 #   make test   set up .venv if needed, then run the test suite
 # torch is installed first and pinned, so that pip uses the local CPU build and never
 # resolves a newer CUDA build with several GB of packages.
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) demos/render_example.py --out outputs/demo
+	$(PY) demos/fit_pose.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

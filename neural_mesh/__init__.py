@@ -29,6 +29,7 @@ from .build import BuildConfig, build_model, default_cache_dir, model_cache_path
 from .metrics import METRIC_NAMES, format_metrics_table, pose_metrics, rotation_error
 from .model import PoseModel
 from .neural_mesh import ModelError, NeuralMesh
+from .overlay import overlay, silhouette_outline
 from .regression import (
     PoseRegressor,
     RegressionConfig,
@@ -90,6 +91,8 @@ __all__ = [
     "train",
     "load_checkpoint",
     "PoseModel",
+    "overlay",
+    "silhouette_outline",
     "BuildConfig",
     "build_model",
     "default_cache_dir",

@@ -1,0 +1,490 @@
+"""Fit the 3D pose of a known object in photos, given only its mesh file.
+
+Usage::
+
+    python demos/fit_pose.py IMAGE [IMAGE ...] --mesh MESH [--model DIR]
+        [--focal F | --K FX FY CX CY] [--bbox X0 Y0 X1 Y1] [--out DIR] [--json]
+    python demos/fit_pose.py            # the bundled example (see below)
+
+For each photo it finds the rotation ``R`` and translation ``t`` with
+``X_cam = R @ X_file + t``, where ``X_file`` are the coordinates of the mesh file (+y up)
+and ``X_cam`` the OpenCV camera frame (x right, y down, z forward); see
+``docs/conventions.md``.
+
+**The model.** With ``--model DIR`` a pose model saved by
+:meth:`neural_mesh.model.PoseModel.save` is used (a warning is printed when it was built
+for another mesh file). Without it, one is built from the mesh
+(:func:`neural_mesh.build.build_model`: NeMo trained on synthetic renders of the mesh;
+about 10 minutes on 2 CPU cores with the defaults, progress on stderr) and cached in
+``--cache DIR`` (default ``$MESHPOSE_CACHE`` or ``~/.cache/meshpose``), keyed by the
+mesh file's content and the build settings, so later runs start at once.
+``--build-steps`` and ``--build-size`` change the build settings (fewer steps or smaller
+renders: faster to build, worse poses).
+
+**The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
+pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
+principal point at the image centre. Without either, the focal length is **guessed** as
+1.2 x the longer image side (about 45 degrees of field of view) with the principal point at
+the image centre (:func:`render.default_intrinsics`); a wrong focal length mostly changes
+the fitted distance. The same intrinsics and the same ``--bbox`` (the object's box in
+pixels, ``x0 y0 x1 y1``) apply to every IMAGE, so give ``--bbox`` with one image (or with
+photos that share a framing). All images are fitted in one batch.
+
+**Output.** One line per image on stdout; with ``--json`` exactly one JSON object per image
+per line and nothing else on stdout (messages and progress go to stderr)::
+
+    {"image": "photo.jpg", "R": [[...], [...], [...]], "t": [x, y, z],
+     "azimuth_deg": a, "elevation_deg": e, "theta_deg": th, "distance": d,
+     "score": s, "seconds": sec}
+
+``R, t`` are in the mesh file's coordinates and units; ``distance`` is ``|t|``, the distance
+from the camera centre to the mesh file's origin (file units). The angles are the viewpoint
+of ``docs/conventions.md`` about the centre of the mesh's bounding box, in degrees;
+``score`` is the fit's score (1 - NeMo loss: higher is better, about 0 for no match);
+``seconds`` is the fitting time per image. With ``--out DIR``, every image also gets
+``DIR/<stem>_pose.json`` (the same object) and ``DIR/<stem>_overlay.png``: the mesh
+rendered at the fitted pose with the photo's intrinsics, blended over the photo, with its
+silhouette outlined (images sharing a stem get ``<stem>_1``, ``<stem>_2``, ...). Files
+are written atomically.
+
+**The bundled example.** Without IMAGE and ``--mesh``, the program fits
+``demos/data/chair_example.png`` (a synthetic photo made by ``demos/make_example.py``) with
+the camera of ``demos/data/chair_example.json`` and the mesh ``demos/data/chair.obj``,
+writes ``outputs/fit_pose/`` in the repository (or ``--out``), and prints the fitted
+pose, the true pose and the rotation and translation errors. The first run builds the
+chair's model (about 10 minutes), later runs reuse it.
+
+**Errors.** Bad input (a missing or unreadable image or mesh, bad intrinsics or box, a
+missing or corrupt model directory, conflicting options) gives a one-line error
+``fit_pose: error: ...`` naming the file or option, exit code 2, and writes nothing:
+everything is read and checked before fitting. Grey, RGBA and 16-bit images are
+converted to RGB; pixels are used as stored (an EXIF orientation tag is ignored, so
+``K`` and ``--bbox`` refer to the stored pixel grid, as does the overlay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import torch
+
+from datasets.realdata import read_image
+from neural_mesh.build import BuildConfig, build_model, default_cache_dir, model_cache_path
+from neural_mesh.fitting import FitConfig, PoseResult
+from neural_mesh.metrics import rotation_error
+from neural_mesh.model import PoseModel
+from neural_mesh.neural_mesh import file_sha256
+from neural_mesh.overlay import overlay
+from render import Mesh, default_intrinsics, intrinsics, load_mesh
+from render.allocator import tune_cpu_allocator
+
+PROG = "fit_pose"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_JSON = REPO / "demos" / "data" / "chair_example.json"
+EXAMPLE_OUT = REPO / "outputs" / "fit_pose"
+
+
+class InputError(ValueError):
+    """Bad command-line input; the message names the file or option and the problem."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _build_size(text: str) -> int:
+    value = _positive(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"expected a side of at least 32 pixels, got {text!r}")
+    return value
+
+
+def _focal(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive focal length in pixels, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive focal length in pixels, got {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    first = __doc__.split("\n\n")[0]
+    p = _Parser(
+        prog=PROG,
+        usage="python demos/fit_pose.py IMAGE [IMAGE ...] --mesh MESH [--model DIR] [--focal F | --K FX FY CX CY] "
+              "[--bbox X0 Y0 X1 Y1] [--out DIR] [--json]\n       python demos/fit_pose.py            (the bundled example)",
+        description=first,
+        epilog=(
+            "Without --focal or --K the focal length is guessed: 1.2 x the longer image side, "
+            "principal point at the image centre (render.default_intrinsics). K, --bbox apply to "
+            "every IMAGE. R, t in the output map the mesh file's coordinates to the camera "
+            "(X_cam = R X_file + t, OpenCV axes); \"distance\" is |t|, camera to the mesh file's "
+            "origin in file units; angles in degrees (docs/conventions.md). Without IMAGE and "
+            "--mesh: fit the bundled example (demos/data/chair_example.*) and compare with its "
+            "true pose. Full description: the docstring of demos/fit_pose.py."
+        ),
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="photo(s) of the object (PNG, JPEG, ...)")
+    p.add_argument("--mesh", type=Path, help="the object's mesh file (OBJ, PLY, OFF, STL, GLB), +y up")
+    p.add_argument("--model", type=Path, metavar="DIR",
+                   help="a saved pose model (default: build one from --mesh, cached)")
+    cam = p.add_mutually_exclusive_group()
+    cam.add_argument("--focal", type=_focal, metavar="F", help="focal length in pixels (fx = fy = F, "
+                     "principal point at the image centre)")
+    cam.add_argument("--K", type=_number, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+                     help="intrinsics in pixels (OpenCV; pixel centres at integers)")
+    p.add_argument("--bbox", type=_number, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="the object's box in pixels (applies to every IMAGE)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="write <stem>_pose.json and <stem>_overlay.png per image here")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout, nothing else")
+    adv = p.add_argument_group("advanced")
+    adv.add_argument("--cache", type=Path, metavar="DIR",
+                     help="model cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
+    adv.add_argument("--build-steps", type=_positive, metavar="N",
+                     help=f"training steps when building a model (default {BuildConfig.steps})")
+    adv.add_argument("--build-size", type=_build_size, metavar="S",
+                     help=f"side of the training renders when building a model (default {BuildConfig.image_size})")
+    adv.add_argument("--fit-steps", type=_non_negative, metavar="N",
+                     help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
+    return p
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Example:
+    """The bundled example: photo, mesh, intrinsics and true file-frame pose."""
+
+    image: Path
+    mesh: Path
+    K: torch.Tensor
+    R: torch.Tensor
+    t: torch.Tensor
+    angles_deg: tuple[float, float, float]
+
+
+def load_example(path: Path = EXAMPLE_JSON) -> Example:
+    """Read the example's JSON (``demos/make_example.py``); paths inside are relative to it.
+
+    Raises:
+        InputError: missing or malformed JSON (naming it).
+    """
+    try:
+        data = json.loads(path.read_text())
+        image, mesh = path.parent / data["image"], path.parent / data["mesh"]
+        K, R, t = (torch.tensor(data[k], dtype=torch.float64) for k in ("K", "R", "t"))
+        angles = tuple(float(data[f"{k}_deg"]) for k in ("azimuth", "elevation", "theta"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (run demos/make_example.py)") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: malformed example ({' '.join(str(error).split())[:120]})") from None
+    if K.shape != (3, 3) or R.shape != (3, 3) or t.shape != (3,):
+        raise InputError(f"{path}: malformed example (K, R must be 3x3 and t of length 3)")
+    return Example(image=image, mesh=mesh, K=K, R=R, t=t, angles_deg=angles)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything checked and loaded before fitting."""
+
+    paths: list[Path]
+    images: list[torch.Tensor]
+    Ks: list[torch.Tensor]
+    bbox: list[float] | None
+    mesh_path: Path
+    mesh: Mesh
+    out: Path | None
+    example: Example | None
+
+
+def _check_out(out: Path) -> None:
+    """``out`` must be a directory or creatable as one (nothing is created here)."""
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"--out {out}: exists and is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise InputError(f"--out {out}: directory not writable")
+        return
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: cannot create it ({parent} is not a writable directory)")
+
+
+def camera_matrix(image_size: tuple[int, int], focal: float | None = None,
+                  K: Sequence[float] | None = None) -> torch.Tensor:
+    """``(3, 3)`` float64 intrinsics of an image: ``--K FX FY CX CY``, else ``--focal F``
+    with the principal point at the centre, else :func:`render.default_intrinsics`'s guess."""
+    if K is not None:
+        fx, fy, cx, cy = (float(v) for v in K)
+        return intrinsics(fx, fy, cx, cy).to(torch.float64)
+    return default_intrinsics(image_size, focal, dtype=torch.float64)
+
+
+def gather(args: argparse.Namespace) -> Job:
+    """Check the arguments and read every input (images, mesh, example); no model yet.
+
+    Raises:
+        InputError, render.MeshError, datasets.DatasetError: one line naming the problem.
+    """
+    example = None
+    if not args.images and args.mesh is None:
+        for name, value in (("--focal", args.focal), ("--K", args.K), ("--bbox", args.bbox)):
+            if value is not None:
+                raise InputError(f"{name}: only with IMAGE and --mesh (the bundled example has its own camera)")
+        example = load_example()
+        paths, mesh_path = [example.image], example.mesh
+        out = args.out if args.out is not None else EXAMPLE_OUT
+    else:
+        if args.mesh is None:
+            raise InputError("--mesh: required with IMAGE (the object's mesh file)")
+        if not args.images:
+            raise InputError("expected at least one IMAGE to fit")
+        paths, mesh_path, out = [Path(p) for p in args.images], args.mesh, args.out
+    if args.model is not None:
+        for name in ("cache", "build_steps", "build_size"):
+            if getattr(args, name) is not None:
+                raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
+    if args.K is not None:
+        fx, fy, cx, cy = args.K
+        if not all(math.isfinite(v) for v in args.K) or not (fx > 0 and fy > 0):
+            raise InputError(f"--K: expected positive FX FY and finite CX CY (pixels), got {args.K}")
+    bbox = None
+    if args.bbox is not None:
+        x0, y0, x1, y1 = args.bbox
+        if not all(math.isfinite(v) for v in args.bbox) or not (x1 > x0 and y1 > y0):
+            raise InputError(f"--bbox: expected finite X0 < X1 and Y0 < Y1 (pixels), got {args.bbox}")
+        bbox = [float(v) for v in args.bbox]
+    if out is not None:
+        _check_out(out)
+    mesh = load_mesh(mesh_path)  # MeshError names the file
+    images, Ks = [], []
+    for path in paths:
+        image = read_image(path)  # DatasetError names the file
+        H, W = image.shape[-2:]
+        if bbox is not None and (bbox[2] < -0.5 or bbox[0] > W - 0.5 or bbox[3] < -0.5 or bbox[1] > H - 0.5):
+            raise InputError(f"--bbox {bbox}: lies outside {path} ({W} x {H} pixels)")
+        images.append(image)
+        Ks.append(example.K if example is not None else camera_matrix((H, W), args.focal, args.K))
+    return Job(paths, images, Ks, bbox, mesh_path, mesh, out, example)
+
+
+def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
+    """Load ``--model`` (warning if it was built for another mesh) or build/load the cached one.
+
+    Raises:
+        neural_mesh.neural_mesh.ModelError, render.MeshError, ValueError: one line.
+    """
+    if args.model is not None:
+        model = PoseModel.load(args.model)
+        built_for = model.meta.get("mesh_sha256")
+        if built_for and built_for != file_sha256(mesh_path):
+            name = model.meta.get("mesh_file", "another mesh")
+            log(f"{PROG}: warning: {args.model} was built for {name} (sha256 {str(built_for)[:12]}...), "
+                f"not for the content of {mesh_path}; poses may be wrong")
+        return model
+    changes = {}
+    if args.build_steps is not None:
+        changes["steps"] = args.build_steps
+    if args.build_size is not None:
+        changes["image_size"] = args.build_size
+    config = BuildConfig(**changes)
+    cache = args.cache if args.cache is not None else default_cache_dir()
+    target = model_cache_path(mesh_path, config, cache)
+    if (target / "model.json").is_file():
+        log(f"{PROG}: using the cached pose model {target}")
+    else:
+        log(f"{PROG}: building a pose model for {mesh_path} ({config.steps} training steps on "
+            f"{config.image_size} x {config.image_size} renders; about 10 minutes on 2 CPU cores with the "
+            f"defaults, once); it will be cached in {target}")
+    return build_model(mesh_path, config, cache_dir=cache, progress=True)
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def pose_record(model: PoseModel, result: PoseResult, image: str) -> dict[str, Any]:
+    """The JSON record of one fitted image (the contract of the module docstring):
+    the pose in the mesh file's frame (:meth:`PoseModel.to_file_frame`), angles in degrees,
+    ``distance = |t_file|``."""
+    R, t = model.to_file_frame(result.R.double(), result.t.double())
+    return {
+        "image": image,
+        "R": [[float(v) for v in row] for row in R],
+        "t": [float(v) for v in t],
+        "azimuth_deg": math.degrees(result.azimuth),
+        "elevation_deg": math.degrees(result.elevation),
+        "theta_deg": math.degrees(result.theta),
+        "distance": float(t.norm()),
+        "score": float(result.score),
+        "seconds": float(result.seconds),
+    }
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One human-readable line of a record."""
+    return (f"{record['image']}: azimuth {record['azimuth_deg']:.1f} deg, elevation {record['elevation_deg']:.1f} deg, "
+            f"theta {record['theta_deg']:.1f} deg, distance {record['distance']:.4g}, score {record['score']:.3f} "
+            f"({record['seconds']:.1f} s)")
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """File stems for the outputs, unique: a repeated stem gets ``_1``, ``_2``, ...
+
+    >>> output_stems([Path("a/x.png"), Path("b/x.jpg"), Path("x_1.png"), Path("y.png")])
+    ['x', 'x_1', 'x_1_1', 'y']
+    """
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem = candidate = path.stem or "image"
+        k = 1
+        while candidate in used:
+            candidate = f"{stem}_{k}"
+            k += 1
+        used.add(candidate)
+        stems.append(candidate)
+    return stems
+
+
+def write_outputs(out: Path, files: dict[str, bytes]) -> list[Path]:
+    """Write ``{name: bytes}`` into ``out``: every file to a temporary name first, then all
+    renamed into place (no half-written file under its final name)."""
+    out.mkdir(parents=True, exist_ok=True)
+    temps: list[tuple[str, Path]] = []
+    try:
+        for name, data in files.items():
+            tmp = out / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+            temps.append((name, tmp))
+            with open(tmp, "xb") as fh:  # permissions from the umask, as for any new file
+                fh.write(data)
+        for name, tmp in temps:
+            os.replace(tmp, out / name)
+    finally:
+        for _, tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+    return [out / name for name in files]
+
+
+def _label(path: Path) -> str:
+    """``path`` as given, or relative to the working directory for the bundled example."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    try:
+        args = p.parse_intermixed_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    try:
+        job = gather(args)
+        model = get_model(args, job.mesh_path, log)
+    except ValueError as e:  # InputError, MeshError, DatasetError, ModelError
+        log(f"{PROG}: error: {' '.join(str(e).split())}")
+        return 2
+    except KeyboardInterrupt:
+        log(f"{PROG}: interrupted (a model build resumes from its last checkpoint next time)")
+        return 130
+
+    config = FitConfig() if args.fit_steps is None else FitConfig(steps=args.fit_steps)
+    bbox = [job.bbox] * len(job.images) if job.bbox is not None else None
+    try:
+        results = model.fit(job.images, job.Ks, bbox=bbox, config=config)
+    except KeyboardInterrupt:
+        log(f"{PROG}: interrupted")
+        return 130
+
+    labels = [_label(path) if job.example is not None else str(path) for path in job.paths]
+    records = [pose_record(model, r, label) for r, label in zip(results, labels)]
+    say = log if args.json else print
+    for record in records:
+        print(json.dumps(record) if args.json else describe(record), flush=True)
+
+    if job.example is not None:
+        R_gt, t_gt = job.example.R, job.example.t
+        R_fit, t_fit = torch.tensor(records[0]["R"], dtype=torch.float64), torch.tensor(records[0]["t"], dtype=torch.float64)
+        rot = math.degrees(float(rotation_error(R_fit, R_gt)))
+        trans = float((t_fit - t_gt).norm())
+        az, el, th = job.example.angles_deg
+        say(f"ground truth: azimuth {az:.1f} deg, elevation {el:.1f} deg, theta {th:.1f} deg, "
+            f"distance {float(t_gt.norm()):.4g}")
+        say(f"rotation error {rot:.1f} deg, translation error {trans:.3g} "
+            f"({100 * trans / float(t_gt.norm()):.1f} % of the distance)")
+
+    if job.out is not None:
+        files: dict[str, bytes] = {}
+        for stem, record, image, K in zip(output_stems(job.paths), records, job.images, job.Ks):
+            R = torch.tensor(record["R"], dtype=torch.float64)
+            t = torch.tensor(record["t"], dtype=torch.float64)
+            picture = overlay(image, job.mesh, R, t, K)
+            files[f"{stem}_pose.json"] = (json.dumps(record, indent=2) + "\n").encode()
+            files[f"{stem}_overlay.png"] = iio.imwrite("<bytes>", picture, extension=".png")
+        try:
+            written = write_outputs(job.out, files)
+        except OSError as e:
+            log(f"{PROG}: error: {job.out}: cannot write ({' '.join(str(e).split())})")
+            return 2
+        say(f"wrote {len(written)} files to {job.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    tune_cpu_allocator()
+    sys.exit(main())
