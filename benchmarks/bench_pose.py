@@ -1,0 +1,174 @@
+"""Pose accuracy under occlusion: NeMo render-and-compare vs a regression baseline.
+
+Both methods are trained on the **same data** (the synthetic renders of one mesh that
+:func:`neural_mesh.build.build_model` uses, in the same order) with the **same backbone**
+preset and the same number of steps:
+
+(i)  render-and-compare: the :class:`~neural_mesh.model.PoseModel` of
+     :func:`~neural_mesh.build.build_model` (NeMo's contrastive features + fitting), the
+     whole image given without a box (the object is located from the features);
+(ii) regression: :class:`~neural_mesh.regression.PoseRegressor` (PoseContrast-style angle
+     bins + in-bin offsets on the backbone's pooled features).
+
+Test sets are held out: the same engine with another seed (other viewpoints, colours,
+lights and procedural backgrounds) at occlusion levels L0 (none), L1 (20-40 % of the
+object hidden), L2 (40-60 %), L3 (60-80 %). The table gives Acc@pi/6, Acc@pi/18 and the
+median rotation error per level and method, and seconds per image: render-and-compare
+fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
+images one at a time (the "single" time, the default interactive case).
+
+    .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600]
+        [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--json FILE]
+
+Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
+beside it), so a second run only evaluates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from neural_mesh.build import BuildConfig, build_model, cache_key, default_cache_dir
+from neural_mesh.metrics import rotation_error
+from neural_mesh.model import PoseModel
+from render.allocator import tune_cpu_allocator
+
+REPO = Path(__file__).resolve().parents[1]
+#: seed of the held-out test renders (training uses BuildConfig.seed, 0 by default)
+TEST_SEED = 90_210
+
+
+def test_set(mesh: Path, build: BuildConfig, level: int, n: int):
+    """``n`` held-out samples of ``mesh`` at occlusion ``level``."""
+    from datasets.synthetic import SyntheticConfig, SyntheticDataset
+
+    syn = SyntheticConfig.from_dict(build.train_config(mesh).data["config"])
+    syn = dataclasses.replace(syn, occlusion=level, vertex_projections=False)
+    ds = SyntheticDataset(syn, seed=TEST_SEED + 1000 * level, length=n)
+    return [ds[i] for i in range(n)]
+
+
+def summary(err_deg: torch.Tensor) -> dict[str, float]:
+    return {
+        "acc_pi6": float((err_deg < 30).double().mean()),
+        "acc_pi18": float((err_deg < 10).double().mean()),
+        "median_deg": float(err_deg.median()) if err_deg.numel() % 2 else float(err_deg.double().quantile(0.5)),
+    }
+
+
+def eval_nemo(model: PoseModel, samples, batch: int, singles: int) -> tuple[dict, torch.Tensor]:
+    Rs, t_batched = [], 0.0
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        t0 = time.perf_counter()
+        res = model.fit([s["image"] for s in chunk], [s["K"] for s in chunk])
+        t_batched += time.perf_counter() - t0
+        Rs += [r.R for r in res]
+    t_single = 0.0
+    for s in samples[:singles]:
+        t0 = time.perf_counter()
+        model.fit([s["image"]], [s["K"]])
+        t_single += time.perf_counter() - t0
+    R = torch.stack(Rs).double()
+    R_gt = torch.stack([s["R"] for s in samples]).double()
+    err = rotation_error(R, R_gt) * 180 / math.pi
+    out = summary(err)
+    out["s_per_image_batched"] = t_batched / len(samples)
+    out["s_per_image_single"] = t_single / max(singles, 1)
+    return out, err
+
+
+def eval_regression(regressor, samples, batch: int) -> tuple[dict, torch.Tensor]:
+    Rs, elapsed = [], 0.0
+    with torch.no_grad():
+        for i in range(0, len(samples), batch):
+            images = torch.stack([s["image"] for s in samples[i:i + batch]])
+            t0 = time.perf_counter()
+            R, _ = regressor.predict(images)
+            elapsed += time.perf_counter() - t0
+            Rs.append(R)
+    R = torch.cat(Rs).double()
+    R_gt = torch.stack([s["R"] for s in samples]).double()
+    err = rotation_error(R, R_gt) * 180 / math.pi
+    out = summary(err)
+    out["s_per_image_batched"] = elapsed / len(samples)
+    out["s_per_image_single"] = float("nan")
+    return out, err
+
+
+def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool):
+    """The regression baseline trained on the build's data, backbone and steps (cached)."""
+    from neural_mesh.backbones import PRESETS
+    from neural_mesh.regression import RegressionConfig, load_regressor, train_regressor
+
+    directory = cache / "regressors" / cache_key(mesh, build)
+    if (directory / "regressor.json").is_file():
+        return load_regressor(directory)
+    config = RegressionConfig(backbone=PRESETS[build.backbone], batch_size=build.batch_size, steps=build.steps,
+                              lr=build.lr, seed=build.seed)
+    data = build.train_config(mesh).data
+    result = train_regressor(config, directory, data=data, progress=progress)
+    return result.model
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mesh", default=str(REPO / "demos" / "data" / "chair.obj"))
+    p.add_argument("--steps", type=int, default=BuildConfig.steps, help="training steps of both methods")
+    p.add_argument("--n", type=int, default=40, help="test images per level")
+    p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--singles", type=int, default=4, help="images fitted one at a time for the single-image time")
+    p.add_argument("--model", help="a PoseModel directory instead of building one")
+    p.add_argument("--no-regression", action="store_true")
+    p.add_argument("--cache", help="cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+
+    tune_cpu_allocator()
+    torch.set_num_threads(args.threads)
+    mesh = Path(args.mesh).resolve()
+    build = BuildConfig(steps=args.steps)
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    model = PoseModel.load(args.model) if args.model else build_model(mesh, build, cache_dir=cache)
+    regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True)
+
+    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "n": args.n, "levels": {}}
+    for level in args.levels:
+        samples = test_set(mesh, build, level, args.n)
+        occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
+        res = {"occlusion": occ, "render_and_compare": eval_nemo(model, samples, args.batch, args.singles)[0]}
+        if regressor is not None:
+            res["regression"] = eval_regression(regressor, samples, args.batch)[0]
+        results["levels"][f"L{level}"] = res
+        for method in ("render_and_compare", "regression"):
+            if method in res:
+                m = res[method]
+                single = m["s_per_image_single"]
+                single = "-" if math.isnan(single) else f"{single:.3f}"
+                rows.append(f"| L{level} ({occ:3.0%} hidden) | {method:18s} | {m['acc_pi6']:8.1%} | {m['acc_pi18']:9.1%} | "
+                            f"{m['median_deg']:6.1f} | {m['s_per_image_batched']:11.3f} | {single:>7s} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+
+    print(f"\nPose accuracy on held-out renders of {mesh.name} ({args.n} images per level, "
+          f"{args.steps} training steps, {torch.get_num_threads()} threads)\n")
+    print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 |")
+    print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:|")
+    for row in rows:
+        print(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
