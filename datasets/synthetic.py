@@ -110,6 +110,7 @@ from render import (
     remesh_surface,
     render_rgb,
 )
+from render.cli import Parser, positive_int
 
 from . import randomize as rz
 from .shapes import CATEGORIES, Shape, load_shape
@@ -984,13 +985,6 @@ def contact_sheet(
 # --------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``synthetic: error: ...``, exit code 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _size(text: str) -> tuple[int, int]:
     try:
         parts = [int(p) for p in text.lower().split("x")]
@@ -1003,20 +997,10 @@ def _size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", nargs="+", metavar="NAME", help=f"shape categories (default all: {', '.join(CATEGORIES)})")
     p.add_argument("--meshes", nargs="+", default=[], metavar="[CATEGORY=]PATH", help="user meshes added to the pool")
-    p.add_argument("--shapes-per-category", type=_positive, default=SyntheticConfig.shapes_per_category)
+    p.add_argument("--shapes-per-category", type=positive_int, default=SyntheticConfig.shapes_per_category)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backgrounds", metavar="FOLDER", help="folder of photos to crop backgrounds from")
 
@@ -1036,11 +1020,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "contact-sheet":
-        p = _Parser(prog="synthetic contact-sheet", description="Write a PNG grid of samples per category and occlusion level.")
+        p = Parser(prog="synthetic contact-sheet", description="Write a PNG grid of samples per category and occlusion level.")
         p.add_argument("--out", required=True, help="output PNG path")
         p.add_argument("--size", type=_size, default=(96, 96), help="tile size S or HxW (default 96)")
         p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3])
-        p.add_argument("--per-level", type=_positive, default=2, help="samples per category and level")
+        p.add_argument("--per-level", type=positive_int, default=2, help="samples per category and level")
         p.add_argument("--no-annotate", action="store_true", help="no mask outline / occlusion text")
         _common(p)
         try:
@@ -1057,16 +1041,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(path)
         return 0
 
-    p = _Parser(
+    p = Parser(
         prog="synthetic",
         description="Export synthetic samples (PNGs + manifest.jsonl); 'contact-sheet' as the first "
         "argument writes a PNG grid instead (see 'contact-sheet -h').",
     )
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
-    p.add_argument("--n", type=_positive, required=True, help="number of samples (indices 0 .. n-1)")
+    p.add_argument("--n", type=positive_int, required=True, help="number of samples (indices 0 .. n-1)")
     p.add_argument("--size", type=_size, default=(128, 128), help="image size S or HxW (default 128)")
     p.add_argument("--occlusion-level", type=int, default=0, choices=[0, 1, 2, 3])
-    p.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes")
     p.add_argument("--no-progress", action="store_true")
     _common(p)
     try:

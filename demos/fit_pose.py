@@ -87,6 +87,7 @@ from neural_mesh.neural_mesh import file_sha256
 from neural_mesh.overlay import overlay
 from render import Mesh, default_intrinsics, intrinsics, load_mesh
 from render.allocator import tune_cpu_allocator
+from render.cli import Parser, non_negative_int, positive_int
 
 PROG = "fit_pose"
 REPO = Path(__file__).resolve().parent.parent
@@ -98,35 +99,8 @@ class InputError(ValueError):
     """Bad command-line input; the message names the file or option and the problem."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message}\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def _build_size(text: str) -> int:
-    value = _positive(text)
+    value = positive_int(text)
     if value < 32:
         raise argparse.ArgumentTypeError(f"expected a side of at least 32 pixels, got {text!r}")
     return value
@@ -151,7 +125,7 @@ def _number(text: str) -> float:
 
 def parser() -> argparse.ArgumentParser:
     first = __doc__.split("\n\n")[0]
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         usage="python demos/fit_pose.py IMAGE [IMAGE ...] --mesh MESH [--model DIR] [--focal F | --K FX FY CX CY] "
               "[--bbox X0 Y0 X1 Y1] [--out DIR] [--json]\n       python demos/fit_pose.py            (the bundled example)",
@@ -183,11 +157,11 @@ def parser() -> argparse.ArgumentParser:
     adv = p.add_argument_group("advanced")
     adv.add_argument("--cache", type=Path, metavar="DIR",
                      help="model cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
-    adv.add_argument("--build-steps", type=_positive, metavar="N",
+    adv.add_argument("--build-steps", type=positive_int, metavar="N",
                      help=f"training steps when building a model (default {BuildConfig.steps})")
     adv.add_argument("--build-size", type=_build_size, metavar="S",
                      help=f"side of the training renders when building a model (default {BuildConfig.image_size})")
-    adv.add_argument("--fit-steps", type=_non_negative, metavar="N",
+    adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     return p
 

@@ -26,7 +26,6 @@ written atomically.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import torch
 
 from datasets.synthetic import SyntheticConfig, SyntheticDataset
 from render import MeshError, center_and_scale, load_mesh
+from render.cli import Parser
 
 PROG = "make_example"
 DATA = Path(__file__).resolve().parent / "data"
@@ -52,13 +52,6 @@ SEED = 73
 IMAGE_SIZE = (240, 320)
 IMAGE_NAME = "chair_example.png"
 JSON_NAME = "chair_example.json"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message}\n")
 
 
 def example_config(mesh_path: str | os.PathLike = MESH) -> SyntheticConfig:
@@ -120,7 +113,7 @@ def write_example(out: Path, mesh_path: Path = MESH, seed: int = SEED) -> list[P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog=PROG, description="Regenerate the bundled pose-fitting example (chair photo + exact pose).")
+    p = Parser(prog=PROG, description="Regenerate the bundled pose-fitting example (chair photo + exact pose).")
     p.add_argument("--seed", type=int, default=SEED, help=f"dataset seed (default {SEED}, the bundled example)")
     p.add_argument("--out", type=Path, default=DATA, help="output folder (default: demos/data)")
     try:

@@ -47,62 +47,36 @@ from neural_mesh.training import (
     train,
 )
 from render.allocator import tune_cpu_allocator
+from render.cli import Parser, positive_float, positive_int
 
 PROG = "train_nemo"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message}\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _image_size(text: str) -> int:
-    value = _positive(text)
+    value = positive_int(text)
     if value < 16:
         raise argparse.ArgumentTypeError(f"expected a side of at least 16 pixels, got {text!r}")
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Train NeMo's backbone and neural mesh(es) on synthetic renders.")
+    p = Parser(prog=PROG, description="Train NeMo's backbone and neural mesh(es) on synthetic renders.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--mesh", help="mesh file (OBJ, PLY, OFF, STL, GLB), +y up, front +z")
     src.add_argument("--categories", nargs="+", metavar="NAME", help="procedural shape categories")
     p.add_argument("--out", required=True, help="run directory (checkpoints, run.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--steps", type=_positive, help="total optimizer steps (default 2000)")
-    p.add_argument("--batch-size", type=_positive, help="global batch size (default 8)")
+    p.add_argument("--steps", type=positive_int, help="total optimizer steps (default 2000)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (default 8)")
     p.add_argument("--image-size", type=_image_size, help="square image side in pixels (default 128)")
     p.add_argument("--backbone", choices=sorted(PRESETS), help="backbone preset (default small)")
-    p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default 1e-3; --paper 1e-4)")
-    p.add_argument("--num-verts", type=_positive, help="neural-mesh vertex target (default 1000)")
+    p.add_argument("--lr", type=positive_float, help="Adam learning rate (default 1e-3; --paper 1e-4)")
+    p.add_argument("--num-verts", type=positive_int, help="neural-mesh vertex target (default 1000)")
     p.add_argument("--seed", type=int, help="seed of weights, banks, data and sampling (default 0)")
-    p.add_argument("--checkpoint-every", type=_positive, help="steps between checkpoints (default 100)")
+    p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 100)")
     p.add_argument("--paper", action="store_true", help="start from NeMo's published settings")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
