@@ -145,7 +145,6 @@ def build_model(
         ModelError: a cache entry that cannot be read is rebuilt, not raised; this is
             raised only if the freshly built model cannot be saved.
     """
-    from datasets.shapes import load_shape
     from datasets.synthetic import SyntheticConfig, SyntheticDataset
     from render import center_and_scale, load_mesh
 
@@ -157,8 +156,8 @@ def build_model(
             return PoseModel.load(target, device=device)
         except ModelError:
             shutil.rmtree(target, ignore_errors=True)  # a corrupt entry: build it again
+    # the normalisation the renders use (datasets.shapes.shape_from_mesh)
     _, center, scale = center_and_scale(raw, center="bbox", scale="radius")
-    load_shape(mesh_path)  # the same normalisation the renders use; fails early on a bad mesh
 
     run_dir = target.parent.parent / "runs" / target.name
     train_config = config.train_config(mesh_path)

@@ -43,6 +43,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -215,8 +216,6 @@ class PoseModel:
             for the photo's own ``K`` (use :meth:`to_file_frame` for the mesh file's frame);
             ``u0, v0`` are photo pixels; ``seconds`` covers the whole call per photo.
         """
-        import time
-
         start = time.perf_counter()
         if isinstance(images, torch.Tensor) and images.dim() == 4:
             images = list(images)
