@@ -41,8 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -57,7 +55,7 @@ from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import BackboneConfig, FeatureBackbone
 from .fitting import FitConfig, PoseResult, fit_pose
-from .neural_mesh import ModelError, NeuralMesh, file_sha256
+from .neural_mesh import ModelError, NeuralMesh, atomic_directory, file_sha256
 
 __all__ = ["PoseModel", "MODEL_FILE", "BACKBONE_FILE", "MESH_DIR", "crop_intrinsics", "crop_image", "box_fraction_of"]
 
@@ -282,10 +280,7 @@ class PoseModel:
         directory beside it is renamed into place (an existing directory is replaced)."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as work:
             state = {k: v.detach().to("cpu").contiguous() for k, v in self.backbone.state_dict().items()}
             save_file(state, str(work / BACKBONE_FILE))
             self.nmesh.save(work / MESH_DIR)
@@ -301,16 +296,6 @@ class PoseModel:
                 "meta": json.loads(json.dumps(self.meta)),
             }
             (work / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
-            if directory.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-                os.replace(directory, old / "x")
-                os.rename(work, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(work, directory)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: torch.device | str = "cpu") -> PoseModel:

@@ -26,6 +26,7 @@ and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,7 +35,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_FEATURE_DIM",
     "DEFAULT_CLUTTER_SIZE",
     "mesh_hash",
+    "atomic_directory",
     "file_sha256",
 ]
 
@@ -291,23 +293,10 @@ class NeuralMesh:
             "weights_sha256": None,
             "meta": meta_json,
         }
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not directory.exists()
-        work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_directory(directory, replace_files=(WEIGHTS_FILE, CONFIG_FILE)) as work:
             save_file(tensors, str(work / WEIGHTS_FILE))
             config["weights_sha256"] = file_sha256(work / WEIGHTS_FILE)
             (work / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-            if fresh:
-                os.rename(work, directory)
-                return
-            if not directory.is_dir():
-                raise ValueError(f"{directory}: exists and is not a directory")
-            for name in (WEIGHTS_FILE, CONFIG_FILE):
-                os.replace(work / name, directory / name)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> NeuralMesh:
@@ -368,6 +357,45 @@ class NeuralMesh:
         except (TypeError, ValueError) as error:
             raise ModelError(f"{weights_path}: {error}") from None
         return model.to(device)
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | Path, replace_files: Sequence[str] | None = None) -> Iterator[Path]:
+    """Write a directory atomically: yields a new temporary directory beside ``directory``
+    to fill; when the block ends without an error it is moved into place (on an error it
+    is deleted and ``directory`` is left as it was).
+
+    A ``directory`` that does not exist yet is created by one rename. An existing one is
+    replaced whole (``replace_files=None``: swapped out, then deleted) or file by file
+    (the names in ``replace_files``, renamed over the old ones in that order; other files
+    stay).
+
+    >>> import tempfile; root = Path(tempfile.mkdtemp())
+    >>> with atomic_directory(root / "d") as work:
+    ...     _ = (work / "a.txt").write_text("1")
+    >>> sorted(p.name for p in root.iterdir()), (root / "d" / "a.txt").read_text()
+    (['d'], '1')
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a directory")
+    work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        yield work
+        if not directory.exists():
+            os.rename(work, directory)
+        elif replace_files is not None:
+            for name in replace_files:
+                os.replace(work / name, directory / name)
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, old / "x")
+            os.rename(work, directory)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -74,8 +74,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,7 +88,7 @@ from render import angles_to_pose
 from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
-from .neural_mesh import ModelError, file_sha256
+from .neural_mesh import ModelError, atomic_directory, file_sha256
 from .training import batch_indices
 
 __all__ = [
@@ -542,23 +540,10 @@ def save_regressor(model: PoseRegressor, directory: str | os.PathLike) -> None:
         "config": model.config.to_dict(),
         "weights_sha256": None,
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not directory.exists()
-    if not fresh and not directory.is_dir():
-        raise ValueError(f"{directory}: exists and is not a directory")
-    work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory, replace_files=(REGRESSOR_WEIGHTS_FILE, REGRESSOR_CONFIG_FILE)) as work:
         save_file(tensors, str(work / REGRESSOR_WEIGHTS_FILE))
         info["weights_sha256"] = file_sha256(work / REGRESSOR_WEIGHTS_FILE)
         (work / REGRESSOR_CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if fresh:
-            os.rename(work, directory)
-            return
-        for name in (REGRESSOR_WEIGHTS_FILE, REGRESSOR_CONFIG_FILE):
-            os.replace(work / name, directory / name)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def load_regressor(directory: str | os.PathLike, device: str | torch.device = "cpu") -> PoseRegressor:

@@ -240,3 +240,28 @@ def test_load_error_messages_are_one_line(saved):
     with pytest.raises(ModelError) as info:
         NeuralMesh.load(saved)
     assert "\n" not in str(info.value)
+
+
+def test_atomic_directory_replaces_whole_or_by_file_and_leaves_nothing_on_error(tmp_path):
+    from neural_mesh.neural_mesh import atomic_directory
+
+    target = tmp_path / "d"
+    with atomic_directory(target) as work:
+        (work / "a").write_text("1")
+        (work / "b").write_text("1")
+    with atomic_directory(target, replace_files=["a"]) as work:
+        (work / "a").write_text("2")
+    assert (target / "a").read_text() == "2" and (target / "b").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as work:
+            (work / "a").write_text("3")
+            raise RuntimeError("interrupted")
+    assert (target / "a").read_text() == "2"
+    with atomic_directory(target) as work:
+        (work / "c").write_text("4")
+    assert sorted(p.name for p in target.iterdir()) == ["c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary left behind
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        with atomic_directory(tmp_path / "f"):
+            pass
