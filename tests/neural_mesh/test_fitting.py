@@ -286,8 +286,47 @@ def test_fit_score_is_the_loss_of_the_returned_pose(model, clean_fit):
     fmap = maps[0][0]
     res = results[0]
     feat, mask = render_features(nm, res.R[None], res.t[None], _feature_K(K), MAP_SIZE)
-    loss = nemo_loss(fmap[None], feat, mask, nm.clutter)  # default clutter score: max over the bank
+    # default clutter score: max over the bank; default loss: the mixture
+    loss = nemo_loss(fmap[None], feat, mask, nm.clutter, **CONFIG.loss_options)
     assert math.isclose(res.score, 1 - float(loss[0]), abs_tol=1e-5)
+
+
+def test_fit_with_nemos_loss_scores_with_nemos_loss(model):
+    nm, mu = model
+    fmap, R_true, _ = synthetic_map(nm, mu, POSES[0], seed=5)
+    config = dataclasses.replace(CONFIG, loss="nemo", top_k=1, steps=20)
+    res = fit_pose(fmap[None], nm, K, image_size=IMAGE_SIZE, config=config)[0]
+    feat, mask = render_features(nm, res.R[None], res.t[None], _feature_K(K), MAP_SIZE)
+    loss = nemo_loss(fmap[None], feat, mask, nm.clutter, kind="nemo")
+    assert math.isclose(res.score, 1 - float(loss[0]), abs_tol=1e-5)
+
+
+def test_mixture_loss_matches_its_formula_and_bounds_the_cost_of_a_pixel():
+    g = torch.Generator().manual_seed(2)
+    image = torch.nn.functional.normalize(torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64), dim=1)
+    rendered = torch.nn.functional.normalize(torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64), dim=1)
+    mask = torch.rand(2, 3, 5, generator=g) > 0.4
+    clutter = torch.nn.functional.normalize(torch.randn(4, generator=g, dtype=torch.float64), dim=0)
+    T, q = 0.1, 0.3
+    loss = nemo_loss(image, rendered, mask, clutter, kind="mixture", temperature=T, occlusion_prior=q)
+    for b in range(2):
+        total = 0.0
+        for i in range(3):
+            for j in range(5):
+                if mask[b, i, j]:
+                    m = float(image[b, :, i, j] @ rendered[b, :, i, j] - image[b, :, i, j] @ clutter)
+                    total += T * math.log((1 - q) * math.exp(m / T) + q)
+        assert math.isclose(float(loss[b]), 1 - total / 15, rel_tol=1e-9)
+    # a pixel the object does not explain costs at most T log(1 / q); one it explains gains ~ the margin
+    far = nemo_loss(image[:1, :, :1, :1], -image[:1, :, :1, :1], None, image[0, :, 0, 0],
+                    kind="mixture", temperature=T, occlusion_prior=q)
+    assert 0 < float(far[0]) - 1 <= T * math.log(1 / q) + 1e-9
+    with pytest.raises(ValueError, match="loss"):
+        nemo_loss(image, rendered, mask, clutter, kind="robust")
+    with pytest.raises(ValueError, match="occlusion_prior"):
+        FitConfig(occlusion_prior=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        FitConfig(temperature=0.0)
 
 
 def test_nemo_loss_with_a_bank_takes_the_best_clutter_match():
