@@ -8,10 +8,13 @@ preset and the same number of steps:
      :func:`~neural_mesh.build.build_model` (NeMo's contrastive features + fitting), the
      whole image given without a box (the object is located from the features);
 (ii) regression: :class:`~neural_mesh.regression.PoseRegressor` (PoseContrast-style angle
-     bins + in-bin offsets on the backbone's pooled features).
+     bins + in-bin offsets on the backbone's pooled features), given a crop around the
+     object's true box at its training scale (PoseContrast's setting; render-and-compare
+     gets no box).
 
-Test sets are held out: the same engine with another seed (other viewpoints, colours,
-lights and procedural backgrounds) at occlusion levels L0 (none), L1 (20-40 % of the
+Test sets are held out: the same engine with its default scenes (whatever the build's
+scene settings) and another seed (other viewpoints, colours, lights and procedural
+backgrounds) at occlusion levels L0 (none), L1 (20-40 % of the
 object hidden), L2 (40-60 %), L3 (60-80 %). The table gives Acc@pi/6, Acc@pi/18 and the
 median rotation error per level and method, and seconds per image: render-and-compare
 fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
@@ -49,8 +52,11 @@ TEST_SEED = 90_210
 def test_set(mesh: Path, build: BuildConfig, level: int, n: int):
     """``n`` held-out samples of ``mesh`` at occlusion ``level``."""
     from datasets.synthetic import SyntheticConfig, SyntheticDataset
+    from neural_mesh.training import synthetic_data
 
-    syn = SyntheticConfig.from_dict(build.train_config(mesh).data["config"])
+    # the engine's default scenes at the build's image size, whatever the build's scene
+    # settings: every build is tested on the same images
+    syn = SyntheticConfig.from_dict(synthetic_data((build.image_size,) * 2, mesh=mesh)["config"])
     syn = dataclasses.replace(syn, occlusion=level, vertex_projections=False)
     ds = SyntheticDataset(syn, seed=TEST_SEED + 1000 * level, length=n)
     return [ds[i] for i in range(n)]
@@ -86,11 +92,14 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int) -> tuple[dict
     return out, err
 
 
-def eval_regression(regressor, samples, batch: int) -> tuple[dict, torch.Tensor]:
+def eval_regression(regressor, samples, batch: int, model: PoseModel) -> tuple[dict, torch.Tensor]:
+    """The regressor on crops around the true box at its training scale (the box fraction
+    of the build's renders, ``model.box_fraction``): a help render-and-compare does not get."""
     Rs, elapsed = [], 0.0
     with torch.no_grad():
         for i in range(0, len(samples), batch):
-            images = torch.stack([s["image"] for s in samples[i:i + batch]])
+            images = torch.stack([model.prepare(s["image"], s["K"], s["bbox"].tolist())[0]
+                                  for s in samples[i:i + batch]])
             t0 = time.perf_counter()
             R, _ = regressor.predict(images)
             elapsed += time.perf_counter() - t0
@@ -148,7 +157,7 @@ def main(argv=None) -> int:
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         res = {"occlusion": occ, "render_and_compare": eval_nemo(model, samples, args.batch, args.singles)[0]}
         if regressor is not None:
-            res["regression"] = eval_regression(regressor, samples, args.batch)[0]
+            res["regression"] = eval_regression(regressor, samples, args.batch, model)[0]
         results["levels"][f"L{level}"] = res
         for method in ("render_and_compare", "regression"):
             if method in res:

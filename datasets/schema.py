@@ -24,6 +24,7 @@ bbox                float32 (4,)           x0, y0, x1, y1 of the whole object: i
                                            pixel indices (first and last mask column and
                                            row; pixel centres at integers)
 occlusion           float                  fraction of the object's pixels hidden, [0, 1]
+occluder_mask       bool (H, W)            pixels covered by occluders (synthetic data)
 points              float32 (N, 3)         object point cloud, object frame (on request)
 vertex_uv           float32 (V, 2)         neural-mesh vertex projections (u, v), pixels
 vertex_visible      bool (V,)              not self-occluded and inside the image
@@ -46,12 +47,13 @@ REQUIRED_KEYS = ("image", "K", "category")
 #: Keys present when known or requested.
 OPTIONAL_KEYS = (
     "mask", "R", "t", "azimuth", "elevation", "theta", "distance", "mesh_id", "bbox", "occlusion",
-    "points", "vertex_uv", "vertex_visible", "views",
+    "occluder_mask", "points", "vertex_uv", "vertex_visible", "views",
 )
 
 _TENSOR_SPECS = {
     "image": (torch.float32, ("3", "H", "W")),
     "mask": (torch.bool, ("H", "W")),
+    "occluder_mask": (torch.bool, ("H", "W")),
     "K": (torch.float32, (3, 3)),
     "R": (torch.float32, (3, 3)),
     "t": (torch.float32, (3,)),

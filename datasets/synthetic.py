@@ -20,7 +20,7 @@ Samples follow the schema of :mod:`datasets.schema`:
   column and row, **inclusive pixel indices** (pixel centres, ``docs/conventions.md``);
   absent if the object misses the image entirely;
 * ``occlusion``: the fraction of ``mask`` pixels covered by occluders (read from the
-  masks; 0 without occluders). ``SyntheticConfig.occlusion`` = 1, 2, 3 places occluders
+  masks; 0 without occluders); ``occluder_mask (H, W)``: the pixels the occluders cover. ``SyntheticConfig.occlusion`` = 1, 2, 3 places occluders
   until it lies in 20-40 %, 40-60 %, 60-80 % (Occluded-PASCAL3D+ levels).
 
 On request (see :class:`SyntheticConfig`):
@@ -59,7 +59,7 @@ mesh_id, bbox, occlusion, file names) plus ``DIR/config.json``; it shows a progr
 and resumes after an interruption (indices already in the manifest are skipped; files are
 written atomically and the manifest line only after them; a partial last line is
 dropped). :class:`SyntheticFolder` reads such a folder back as the same samples (up to
-8-bit quantisation of the image). The second writes a PNG grid of random samples, one
+8-bit quantisation of the image; occluder masks are not exported). The second writes a PNG grid of random samples, one
 row per category and columns per occlusion level, with the amodal mask outlined.
 
 Throughput, measured with ``.venv/bin/python benchmarks/bench_data.py`` (default config:
@@ -657,6 +657,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         rgb = rz.apply_lighting(scene.light, frags, mesh.faces, verts_cam, albedo)[0]
         image = torch.where(mask, rgb, rz.apply_background(scene.background, cfg.image_size))
         occlusion = 0.0
+        occ_mask = torch.zeros_like(mask)
         if scene.occluders:
             image, occ_mask = rz.apply_occluders(scene.occluders, image)
             total = int(mask.sum())
@@ -676,6 +677,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
             "category": scene.category,
             "mesh_id": str(shape.mesh_id),
             "occlusion": occlusion,
+            "occluder_mask": occ_mask.to(torch.bool).contiguous(),
         }
         if bool(mask.any()):
             rows = mask.any(1).nonzero()[:, 0]

@@ -20,7 +20,8 @@ buffers updated after each step, and become the :class:`~neural_mesh.NeuralMesh`
    window holds pixel ``round(u)``); NeMo samples at whole cells too. ``mode="bilinear"``
    instead interpolates the map at ``((u - 3.5) / 8, (v - 3.5) / 8)`` (border-clamped) and
    renormalises. Only *visible* vertices (``vertex_visible``: not self-occluded, inside
-   the image) enter the loss.
+   the image; and not under an occluder, where a sample has an ``occluder_mask``) enter
+   the loss.
 3. :func:`sample_background_features`: ``num_background`` (NeMo: 5) features per image at
    random cells whose whole 8x8 window lies outside the object ``mask`` (cells whose
    centre pixel is outside it when no window is fully outside; none when the object
@@ -136,6 +137,8 @@ from .neural_mesh import ModelError, NeuralMesh, file_sha256
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "LR_SCHEDULES",
+    "learning_rate",
     "Checkpoint",
     "ContrastiveLoss",
     "CheckpointError",
@@ -633,6 +636,10 @@ class TrainConfig:
         lr: Adam learning rate. Default 1e-3, for short CPU runs: on the bundled chair
             (``small`` backbone, 128 px, batch 8) it reached in about 70 steps the loss
             NeMo's 1e-4 (:meth:`paper`) reached in 300. Use 1e-4 for long runs.
+        lr_schedule: ``"constant"`` (NeMo) or ``"cosine"``: the rate at step ``s`` (0-based)
+            is ``lr * (f + (1 - f) * (1 + cos(pi * s / steps)) / 2)`` with ``f = 0.02``
+            (:func:`learning_rate`), a function of the step alone, so resumed runs follow
+            it exactly (changing ``steps`` on resume stretches what is left of it).
         weight_decay: Adam weight decay (NeMo: 1e-4).
         seed: seeds the backbone, the initial banks, the data order and the background
             cells.
@@ -662,6 +669,7 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 8
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 1e-4
     seed: int = 0
     num_verts: int = 1000
@@ -728,6 +736,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.mesh_kind: expected 'cuboid' or 'remesh', got {self.mesh_kind!r}")
         if self.mesh_kind == "remesh" and self.data.get("kind") == "synthetic" and not self.data.get("mesh"):
             raise ValueError("TrainConfig.mesh_kind: 'remesh' needs one training mesh (procedural categories use cuboids)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.sampling not in ("nearest", "bilinear"):
             raise ValueError(f"TrainConfig.sampling: expected 'nearest' or 'bilinear', got {self.sampling!r}")
 
@@ -766,6 +776,27 @@ class TrainConfig:
 _SYNTHETIC_LENGTH = 10**9
 
 
+#: learning-rate schedules of :attr:`TrainConfig.lr_schedule`
+LR_SCHEDULES = ("constant", "cosine")
+#: final fraction of the peak rate of the ``"cosine"`` schedule
+COSINE_FLOOR = 0.02
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of a run of ``config``.
+
+    >>> cfg = TrainConfig(steps=100, lr=1e-3, lr_schedule="cosine")
+    >>> [round(learning_rate(cfg, s) * 1e3, 4) for s in (0, 50, 100)]
+    [1.0, 0.51, 0.02]
+    >>> learning_rate(TrainConfig(lr=1e-3), 70)
+    0.001
+    """
+    if config.lr_schedule == "constant" or config.steps <= 0:
+        return config.lr
+    progress = min(max(step / config.steps, 0.0), 1.0)
+    return config.lr * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def synthetic_data(
     image_size: Sequence[int] = (128, 128),
     *,
@@ -773,6 +804,7 @@ def synthetic_data(
     categories: Sequence[str] | None = None,
     seed: int = 0,
     shapes_per_category: int = 8,
+    scene: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Describe synthetic training data (:class:`datasets.SyntheticDataset`) for
     :attr:`TrainConfig.data`: one mesh file or procedural categories (exactly one of them).
@@ -780,7 +812,8 @@ def synthetic_data(
     The description holds the ``SyntheticConfig`` (as a dict), the data seed and, for a
     mesh, its absolute path and SHA-256. One neural mesh per category: a mesh file's
     category is its file stem (characters other than letters, digits, ``-`` and ``_``
-    become ``_``).
+    become ``_``). ``scene`` overrides other ``SyntheticConfig`` fields (viewpoint and
+    distance ranges, centre jitter, ...).
 
     Raises:
         ValueError: neither or both of ``mesh`` / ``categories``, unknown categories, a
@@ -790,6 +823,10 @@ def synthetic_data(
 
     if (mesh is None) == (categories is None):
         raise ValueError("synthetic data: expected exactly one of a mesh or categories")
+    scene = dict(scene or {})
+    reserved = sorted(set(scene) & {"image_size", "categories", "mesh_paths", "shapes_per_category"})
+    if reserved:
+        raise ValueError(f"synthetic data: scene may not set {reserved} (use the arguments)")
     if mesh is not None:
         path = Path(mesh).expanduser().resolve()
         if not path.is_file():
@@ -797,7 +834,7 @@ def synthetic_data(
         name = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem) or "object"
         cfg = SyntheticConfig(
             image_size=tuple(image_size), categories=(), mesh_paths=(f"{name}={path}",),
-            vertex_projections=True,
+            vertex_projections=True, **scene,
         )
         extra = {"mesh": str(path), "mesh_sha256": file_sha256(path), "names": [name]}
     else:
@@ -807,7 +844,7 @@ def synthetic_data(
         if not cats:
             raise ValueError("synthetic data: expected at least one category")
         cfg = SyntheticConfig(
-            image_size=tuple(image_size), categories=cats, shapes_per_category=shapes_per_category,
+            image_size=tuple(image_size), categories=cats, shapes_per_category=shapes_per_category, **scene,
         )
         extra = {"mesh": None, "names": list(cats)}
     return {"kind": "synthetic", "seed": int(seed), "length": _SYNTHETIC_LENGTH,
@@ -1008,6 +1045,12 @@ class _Collate:
                     silhouette = project_vertices(
                         geo.verts, geo.faces, s["K"], s["R"], s["t"], (H, W))[2]
                 mask = silhouette
+            occluded = s.get("occluder_mask")
+            if occluded is not None and bool(occluded.any()):
+                # a vertex behind an occluder is not seen: not a row of the loss
+                col = uv[:, 0].round().long().clamp(0, occluded.shape[1] - 1)
+                row = uv[:, 1].round().long().clamp(0, occluded.shape[0] - 1)
+                visible = visible & ~occluded[row, col].to(torch.bool)
             gen = torch.Generator().manual_seed(_derived_seed(self.seed, "background", position))
             idx, valid = background_cells(mask, (h, w), self.num_background, gen, self.stride)
             mesh_idx.append(g)
@@ -1477,6 +1520,8 @@ def train(
     t0 = time.perf_counter()
     try:
         for batch in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
             stats = _train_step(
                 model, backbone, optimizer, batch, config, names, vbanks, cbanks, pointers,
                 excl3d, device, world)

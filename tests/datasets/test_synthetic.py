@@ -127,7 +127,7 @@ def test_samples_follow_the_schema():
         assert s["image"].shape == (3, *SIZE) and 0 <= float(s["image"].min()) and float(s["image"].max()) <= 1
         assert s["points"].shape == (64, 3)
         assert s["vertex_uv"].shape[0] == s["vertex_visible"].shape[0] > 500
-        assert s["occlusion"] == 0.0
+        assert s["occlusion"] == 0.0 and not s["occluder_mask"].any()
         assert s["category"] in ("car", "chair", "mug", "lamp")
         assert s["mesh_id"].startswith(s["category"])
 
@@ -230,6 +230,7 @@ def test_occlusion_levels_hit_their_ranges_measured_from_masks(level):
         scene = ds.sample_params(i)
         hidden = rz.occluder_mask(scene.occluders, SIZE) & s["mask"]
         assert s["occlusion"] == pytest.approx(float(hidden.sum()) / float(s["mask"].sum()))
+        assert torch.equal(s["occluder_mask"], rz.occluder_mask(scene.occluders, SIZE))
 
 
 def test_custom_occlusion_range():
@@ -352,7 +353,7 @@ def test_export_resume_and_read_back(tmp_path):
     for i in range(6):
         got, want = folder[i], ds[i]
         check_sample(got)
-        assert got.keys() == want.keys()
+        assert got.keys() == want.keys() - {"occluder_mask"}  # not exported (documented)
         assert float((got["image"] - want["image"]).abs().max()) <= 0.5 / 255 + 1e-6
         for k in ("mask", "K", "R", "t", "bbox"):
             assert torch.equal(got[k], want[k]), k

@@ -167,6 +167,14 @@ def test_build_config_validation_and_bad_mesh(tmp_path):
         BuildConfig(backbone="nope")
     with pytest.raises(ValueError, match="BuildConfig.mesh_kind"):
         BuildConfig(mesh_kind="sphere")
+    with pytest.raises(ValueError, match="BuildConfig.lr_schedule"):
+        BuildConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="BuildConfig.distance_range"):
+        BuildConfig(distance_range=(0.5, 3.0))
+    with pytest.raises(ValueError, match="BuildConfig.center_jitter"):
+        BuildConfig(center_jitter=0.9)
+    scene = BuildConfig(distance_range=[3, 4], center_jitter=0.0).train_config(CHAIR).data["config"]
+    assert scene["distance_range"] == [3.0, 4.0] and scene["center_jitter"] == 0.0
     bad = tmp_path / "bad.obj"
     bad.write_text("this is not a mesh\n")
     from render import MeshError

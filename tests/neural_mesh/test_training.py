@@ -19,8 +19,11 @@ import torch.nn.functional as F
 from neural_mesh.backbones import BackboneConfig, feature_intrinsics
 from neural_mesh.neural_mesh import NeuralMesh
 from neural_mesh.training import (
+    _Collate,
+    _Geometry,
     CheckpointError,
     TrainConfig,
+    learning_rate,
     background_cells,
     batch_indices,
     build_data,
@@ -377,6 +380,46 @@ def test_should_stop_writes_a_checkpoint(tmp_path):
     result = train(tiny_config(steps=10, checkpoint_every=100), tmp_path / "r", progress=False, should_stop=stop)
     assert result.stopped and result.step == 2
     assert load_checkpoint(tmp_path / "r").step == 2
+
+
+def test_cosine_schedule_is_applied_and_resumes_exactly(tmp_path):
+    config = tiny_config(steps=6, checkpoint_every=100, lr_schedule="cosine")
+    rates = [learning_rate(config, s) for s in range(7)]
+    assert rates[0] == config.lr and rates == sorted(rates, reverse=True)
+    assert rates[6] == pytest.approx(0.02 * config.lr)
+    straight = train(config, tmp_path / "a", progress=False)
+    # the optimizer ran its last step (index 5) at the schedule's rate
+    assert load_checkpoint(tmp_path / "a").optimizer_state["param_groups"][0]["lr"] == pytest.approx(rates[5])
+    calls = []
+    stopped = train(config, tmp_path / "b", progress=False, should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    assert stopped.step == 2
+    rest = train(config, tmp_path / "b", resume=True, progress=False)
+    assert rest.losses == straight.losses[2:]
+    assert_same_state(state_of(tmp_path / "a")[1], state_of(tmp_path / "b")[1])
+    with pytest.raises(ValueError, match="TrainConfig.lr_schedule"):
+        tiny_config(lr_schedule="step")
+
+
+def test_vertices_under_occluders_are_not_rows_of_the_loss():
+    data = synthetic_data((32, 32), mesh=CHAIR, scene={"occlusion": 2})
+    dataset, meshes = build_data(tiny_config(data=data))
+    sample = dataset[0]
+    assert sample["occluder_mask"].any()
+    collate = _Collate(["chair"], [_Geometry(meshes["chair"].verts, meshes["chair"].faces)], 5, 0)
+    batch = collate([(0, sample)])
+    uv = sample["vertex_uv"].round().long()
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < 32) & (uv[:, 1] >= 0) & (uv[:, 1] < 32)
+    under = torch.zeros_like(sample["vertex_visible"])
+    under[inside] = sample["occluder_mask"][uv[inside, 1], uv[inside, 0]]
+    assert (sample["vertex_visible"] & under).any()  # the test means something
+    assert torch.equal(batch["vertex_visible"][0], sample["vertex_visible"] & ~under)
+
+
+def test_synthetic_data_scene_overrides():
+    data = synthetic_data((32, 32), mesh=CHAIR, scene={"distance_range": (3.0, 4.0), "center_jitter": 0.0})
+    assert data["config"]["distance_range"] == [3.0, 4.0] and data["config"]["center_jitter"] == 0.0
+    with pytest.raises(ValueError, match="image_size"):
+        synthetic_data((32, 32), mesh=CHAIR, scene={"image_size": (64, 64)})
 
 
 def test_categories_use_projected_category_cuboids(tmp_path):
