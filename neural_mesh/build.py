@@ -58,8 +58,7 @@ class BuildConfig:
             known exactly) or ``"cuboid"`` (NeMo's cuboid around it).
         lr: Adam learning rate (the peak of ``lr_schedule``).
         lr_schedule: :attr:`neural_mesh.training.TrainConfig.lr_schedule` (``"cosine"``:
-            decaying the rate to 2% over the run gave a clearly better model than a
-            constant rate for the same steps).
+            the rate decays to 2% of ``lr`` over the run).
         distance_range: camera distances of the training renders, in radii of the mesh's
             bounding sphere (:class:`datasets.synthetic.SyntheticConfig`); nearer cameras
             draw the object larger, over more feature cells.
