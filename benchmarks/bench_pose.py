@@ -21,7 +21,8 @@ fits the images of a level in batches of ``--batch`` (the "batched" time) and a 
 images one at a time (the "single" time, the default interactive case).
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600]
-        [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--json FILE]
+        [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
+        [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
 beside it), so a second run only evaluates.
@@ -40,6 +41,7 @@ from pathlib import Path
 import torch
 
 from neural_mesh.build import BuildConfig, build_model, cache_key, default_cache_dir
+from neural_mesh.fitting import LOSSES, FitConfig
 from neural_mesh.metrics import rotation_error
 from neural_mesh.model import PoseModel
 from render.allocator import tune_cpu_allocator
@@ -70,18 +72,19 @@ def summary(err_deg: torch.Tensor) -> dict[str, float]:
     }
 
 
-def eval_nemo(model: PoseModel, samples, batch: int, singles: int) -> tuple[dict, torch.Tensor]:
+def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
+              config: FitConfig = FitConfig()) -> tuple[dict, torch.Tensor]:
     Rs, t_batched = [], 0.0
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         t0 = time.perf_counter()
-        res = model.fit([s["image"] for s in chunk], [s["K"] for s in chunk])
+        res = model.fit([s["image"] for s in chunk], [s["K"] for s in chunk], config=config)
         t_batched += time.perf_counter() - t0
         Rs += [r.R for r in res]
     t_single = 0.0
     for s in samples[:singles]:
         t0 = time.perf_counter()
-        model.fit([s["image"]], [s["K"]])
+        model.fit([s["image"]], [s["K"]], config=config)
         t_single += time.perf_counter() - t0
     R = torch.stack(Rs).double()
     R_gt = torch.stack([s["R"] for s in samples]).double()
@@ -139,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="a PoseModel directory instead of building one")
     p.add_argument("--no-regression", action="store_true")
     p.add_argument("--cache", help="cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
+    p.add_argument("--loss", choices=LOSSES, default=FitConfig.loss,
+                   help="render-and-compare loss (FitConfig.loss; 'nemo' is NeMo's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -151,11 +156,12 @@ def main(argv=None) -> int:
     model = PoseModel.load(args.model) if args.model else build_model(mesh, build, cache_dir=cache)
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True)
 
-    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "n": args.n, "levels": {}}
+    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "n": args.n, "loss": args.loss, "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
-        res = {"occlusion": occ, "render_and_compare": eval_nemo(model, samples, args.batch, args.singles)[0]}
+        res = {"occlusion": occ,
+               "render_and_compare": eval_nemo(model, samples, args.batch, args.singles, FitConfig(loss=args.loss))[0]}
         if regressor is not None:
             res["regression"] = eval_regression(regressor, samples, args.batch, model)[0]
         results["levels"][f"L{level}"] = res
@@ -169,7 +175,7 @@ def main(argv=None) -> int:
         print(rows[-1], file=sys.stderr, flush=True)
 
     print(f"\nPose accuracy on held-out renders of {mesh.name} ({args.n} images per level, "
-          f"{args.steps} training steps, {torch.get_num_threads()} threads)\n")
+          f"{args.steps} training steps, {args.loss} loss, {torch.get_num_threads()} threads)\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 |")
     print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:|")
     for row in rows:

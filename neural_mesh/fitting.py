@@ -113,6 +113,7 @@ __all__ = [
     "render_features",
     "mean_clutter_feature",
     "nemo_loss",
+    "LOSSES",
     "PoseParams",
     "pose_from_params",
     "params_from_pose",
