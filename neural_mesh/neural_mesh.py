@@ -193,6 +193,7 @@ class NeuralMesh:
         generator: torch.Generator | None = None,
         coverage: float = 0.99,
         padding: float = 0.0,
+        surface: Mesh | None = None,
     ) -> NeuralMesh:
         """Build a neural mesh around ``mesh`` with random unit features.
 
@@ -208,6 +209,9 @@ class NeuralMesh:
             generator: draws the features and clutter (``randn``, then L2-normalised),
                 both on the CPU, in that order.
             coverage, padding: passed to :func:`render.cuboid_surface` (``kind="cuboid"``).
+            surface: the surface ``kind`` builds from ``mesh``, if already at hand (e.g.
+                :meth:`datasets.SyntheticDataset.neural_mesh`, whose vertex projections
+                the samples carry): used as is instead of building it again.
 
         Returns:
             A float32 neural mesh on ``mesh``'s device.
@@ -218,7 +222,10 @@ class NeuralMesh:
             raise ValueError(
                 f"feature_dim, clutter_size: expected >= 1, got {feature_dim}, {clutter_size}"
             )
-        if kind == "cuboid":
+        if surface is not None:
+            if not isinstance(surface, Mesh) or surface.faces.shape[0] == 0:
+                raise ValueError("surface: expected a Mesh with faces")
+        elif kind == "cuboid":
             surface = cuboid_surface(mesh, num_verts=num_verts, coverage=coverage, padding=padding)
         else:
             surface = remesh_surface(mesh, num_verts=num_verts)

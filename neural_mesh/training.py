@@ -855,15 +855,15 @@ def build_data(config: TrainConfig) -> tuple[torch.utils.data.Dataset, dict[str,
     """The dataset and fresh neural meshes of ``config.data`` (kind ``"synthetic"``).
 
     One mesh: the neural mesh is ``NeuralMesh.from_mesh`` of the dataset's own
-    (normalised) shape, and its vertices are checked to equal the surface the dataset
-    projects (``SyntheticDataset.neural_mesh``), so ``vertex_uv`` from the samples indexes
-    the same vertices. Categories: a cuboid per category around all vertices of its
+    (normalised) shape on the very surface the dataset projects
+    (``SyntheticDataset.neural_mesh``), so ``vertex_uv`` from the samples indexes the same
+    vertices. Categories: a cuboid per category around all vertices of its
     ``shapes_per_category`` shapes; the samples carry no ``vertex_uv`` and the training
     loop projects the category cuboid. Features and clutter are random unit vectors from
     ``seed``.
 
     Raises:
-        ValueError: an unknown data kind, a changed mesh file, a surface mismatch.
+        ValueError: an unknown data kind, a changed mesh file.
         render.MeshError: an unreadable or degenerate mesh (naming the file).
     """
     from datasets.shapes import load_shape
@@ -888,18 +888,13 @@ def build_data(config: TrainConfig) -> tuple[torch.utils.data.Dataset, dict[str,
             raise ValueError(f"{path}: the mesh file changed since the run started")
         name = data["names"][0]
         shape = load_shape(path, category=name)
+        # the surface whose vertex projections the samples carry (built once, cached)
+        surface = dataset.neural_mesh(("file", name, str(path)))
         nmesh = NeuralMesh.from_mesh(
             shape.mesh, num_verts=config.num_verts, kind=config.mesh_kind,
             feature_dim=config.backbone.feature_dim, clutter_size=config.clutter_size, generator=gen,
+            surface=surface,
         )
-        surface = dataset.neural_mesh(("file", name, str(path)))
-        if surface.num_verts != nmesh.num_verts or not torch.equal(
-            surface.verts.to(nmesh.verts), nmesh.verts
-        ) or not torch.equal(surface.faces, nmesh.faces):
-            raise ValueError(
-                f"{path}: the neural mesh ({nmesh.num_verts} vertices) differs from the surface "
-                f"the dataset projects ({surface.num_verts} vertices)"
-            )
         meshes[name] = dataclasses.replace(nmesh, meta={**nmesh.meta, "category": name})
     else:
         for category in data["names"]:

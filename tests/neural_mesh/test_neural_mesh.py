@@ -265,3 +265,19 @@ def test_atomic_directory_replaces_whole_or_by_file_and_leaves_nothing_on_error(
     with pytest.raises(ValueError, match="not a directory"):
         with atomic_directory(tmp_path / "f"):
             pass
+
+
+def test_from_mesh_with_a_given_surface_equals_building_it():
+    from render import remesh_surface
+    from datasets.shapes import load_shape
+    from pathlib import Path
+
+    mesh = load_shape(Path(__file__).resolve().parents[2] / "demos" / "data" / "chair.obj").mesh
+    a = NeuralMesh.from_mesh(mesh, num_verts=120, kind="remesh", feature_dim=8, clutter_size=4,
+                             generator=torch.Generator().manual_seed(3))
+    b = NeuralMesh.from_mesh(mesh, num_verts=120, kind="remesh", feature_dim=8, clutter_size=4,
+                             generator=torch.Generator().manual_seed(3), surface=remesh_surface(mesh, num_verts=120))
+    for name in ("verts", "faces", "features", "clutter"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    with pytest.raises(ValueError, match="surface"):
+        NeuralMesh.from_mesh(mesh, surface=Mesh(mesh.verts, torch.zeros(0, 3, dtype=torch.int64)))
