@@ -15,7 +15,7 @@ and ``X_cam`` the OpenCV camera frame (x right, y down, z forward); see
 :meth:`neural_mesh.model.PoseModel.save` is used (a warning is printed when it was built
 for another mesh file). Without it, one is built from the mesh
 (:func:`neural_mesh.build.build_model`: NeMo trained on synthetic renders of the mesh;
-about 10 minutes on 2 CPU cores with the defaults, progress on stderr) and cached in
+about 8-10 minutes on 2 CPU cores with the defaults, progress on stderr) and cached in
 ``--cache DIR`` (default ``$MESHPOSE_CACHE`` or ``~/.cache/meshpose``), keyed by the
 mesh file's content and the build settings, so later runs start at once.
 ``--build-steps`` and ``--build-size`` change the build settings (fewer steps or smaller
@@ -40,7 +40,9 @@ per line and nothing else on stdout (messages and progress go to stderr)::
 ``R, t`` are in the mesh file's coordinates and units; ``distance`` is ``|t|``, the distance
 from the camera centre to the mesh file's origin (file units). The angles are the viewpoint
 of ``docs/conventions.md`` about the centre of the mesh's bounding box, in degrees;
-``score`` is the fit's score (1 - NeMo loss: higher is better, about 0 for no match);
+``score`` is 1 - the fitting loss (:func:`neural_mesh.fitting.nemo_loss`): the evidence
+for the object beyond clutter, averaged over the feature map; higher is better, 0 or less
+means nothing better than clutter, and it is comparable only between fits by one model;
 ``seconds`` is the fitting time per image. With ``--out DIR``, every image also gets
 ``DIR/<stem>_pose.json`` (the same object) and ``DIR/<stem>_overlay.png``: the mesh
 rendered at the fitted pose with the photo's intrinsics, blended over the photo, with its
@@ -343,7 +345,7 @@ def pose_record(model: PoseModel, result: PoseResult, image: str) -> dict[str, A
 def describe(record: dict[str, Any]) -> str:
     """One human-readable line of a record."""
     return (f"{record['image']}: azimuth {record['azimuth_deg']:.1f} deg, elevation {record['elevation_deg']:.1f} deg, "
-            f"theta {record['theta_deg']:.1f} deg, distance {record['distance']:.4g}, score {record['score']:.3f} "
+            f"theta {record['theta_deg']:.1f} deg, distance {record['distance']:.4g}, score {record['score']:.4f} "
             f"({record['seconds']:.1f} s)")
 
 
