@@ -104,18 +104,19 @@ class BuildConfig:
             raise ValueError(f"BuildConfig.lr: expected a number > 0, got {self.lr!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"BuildConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        d = self.distance_range
-        if not (isinstance(d, (tuple, list)) and len(d) == 2 and all(isinstance(x, (int, float)) for x in d)
-                and 1.0 < d[0] <= d[1]):
-            raise ValueError(f"BuildConfig.distance_range: expected (near, far) with 1 < near <= far, got {d!r}")
-        object.__setattr__(self, "distance_range", (float(d[0]), float(d[1])))
-        o = self.occlusion
-        if not (isinstance(o, (tuple, list)) and len(o) == 2 and all(isinstance(x, (int, float)) for x in o)
-                and 0.0 <= o[0] <= o[1] <= 1.0):
-            raise ValueError(f"BuildConfig.occlusion: expected (low, high) with 0 <= low <= high <= 1, got {o!r}")
-        object.__setattr__(self, "occlusion", (float(o[0]), float(o[1])))
+        self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
+        self._pair("occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
         if not (isinstance(self.center_jitter, (int, float)) and 0.0 <= self.center_jitter <= 0.5):
             raise ValueError(f"BuildConfig.center_jitter: expected a number in [0, 0.5], got {self.center_jitter!r}")
+
+    def _pair(self, name: str, ok, words: str) -> None:
+        """Check field ``name`` is two numbers with ``ok(a, b)``; store it as a float tuple."""
+        value = getattr(self, name)
+        numbers = (isinstance(value, (tuple, list)) and len(value) == 2
+                   and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value))
+        if not (numbers and ok(*value)):
+            raise ValueError(f"BuildConfig.{name}: expected {words}, got {value!r}")
+        object.__setattr__(self, name, (float(value[0]), float(value[1])))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -641,15 +641,13 @@ class _Tables:
     gram: torch.Tensor  # (F, 3, 3) <vertex feature i, vertex feature j> per face
     h: int
     w: int
-    loss: str = "nemo"
-    temperature: float = 0.15
-    occlusion_prior: float = 0.9
+    config: FitConfig  # the loss to compute
 
     def gain(self, obj: torch.Tensor, clu: torch.Tensor) -> torch.Tensor:
         """What an object pixel adds to ``hw (1 - loss)``, beyond ``base``."""
-        if self.loss == "nemo":
+        if self.config.loss == "nemo":
             return torch.relu(obj - clu) - torch.relu(-clu)
-        return _mixture_gain(obj - clu, self.temperature, self.occlusion_prior)
+        return _mixture_gain(obj - clu, self.config.temperature, self.config.occlusion_prior)
 
 
 def _tables(feature_map: torch.Tensor, nmesh: NeuralMesh, config: FitConfig) -> _Tables:
@@ -664,8 +662,7 @@ def _tables(feature_map: torch.Tensor, nmesh: NeuralMesh, config: FitConfig) -> 
     base = torch.relu(-clu).sum(1) if config.loss == "nemo" else torch.zeros_like(clu[:, 0])
     fv = feats[nmesh.faces]  # (F, 3, C)
     gram = fv @ fv.transpose(1, 2)
-    return _Tables(sim=sim, clutter=clu, base=base, gram=gram, h=h, w=w, loss=config.loss,
-                   temperature=config.temperature, occlusion_prior=config.occlusion_prior)
+    return _Tables(sim=sim, clutter=clu, base=base, gram=gram, h=h, w=w, config=config)
 
 
 def _poses(x: torch.Tensor, K_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
