@@ -89,7 +89,7 @@ from neural_mesh.neural_mesh import file_sha256
 from neural_mesh.overlay import overlay
 from render import Mesh, default_intrinsics, intrinsics, load_mesh
 from render.allocator import tune_cpu_allocator
-from render.cli import Parser, non_negative_int, positive_int
+from render.cli import Parser, non_negative_int, positive_float, positive_int
 
 PROG = "fit_pose"
 REPO = Path(__file__).resolve().parent.parent
@@ -105,16 +105,6 @@ def _build_size(text: str) -> int:
     value = positive_int(text)
     if value < 32:
         raise argparse.ArgumentTypeError(f"expected a side of at least 32 pixels, got {text!r}")
-    return value
-
-
-def _focal(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive focal length in pixels, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive focal length in pixels, got {text!r}")
     return value
 
 
@@ -147,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, metavar="DIR",
                    help="a saved pose model (default: build one from --mesh, cached)")
     cam = p.add_mutually_exclusive_group()
-    cam.add_argument("--focal", type=_focal, metavar="F", help="focal length in pixels (fx = fy = F, "
+    cam.add_argument("--focal", type=positive_float, metavar="F", help="focal length in pixels (fx = fy = F, "
                      "principal point at the image centre)")
     cam.add_argument("--K", type=_number, nargs=4, metavar=("FX", "FY", "CX", "CY"),
                      help="intrinsics in pixels (OpenCV; pixel centres at integers)")
