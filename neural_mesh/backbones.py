@@ -1,4 +1,4 @@
-"""ResNet feature backbones with NeMo's U-Net head: unit-norm features at output stride 8.
+"""ResNet feature backbones with NeMo's U-Net head: unit-norm features at output stride 8 (or 4).
 
 A ResNet-18/34/50 trunk (written here; no torchvision needed) with a width multiplier,
 followed by NeMo's decoder: layer4 (stride 32) is upsampled x2 and concatenated with
@@ -45,6 +45,14 @@ image pixel ``(u, v)`` lies in feature coordinate ``((u - 3.5) / 8, (v - 3.5) / 
   and layer2 are concatenated at matching positions. (``align_corners=False`` would
   misplace layer4 by a quarter of its cell, 8 pixels.)
 
+**Output stride 4** (``BackboneConfig.output_stride = 4``): a third decoder stage
+(``fuse4``) upsamples the stride-8 fusion x2, concatenates layer1 and applies a double conv
+(``C1`` channels) before the projection, so maps have twice the resolution for the same
+trunk. The stride-4 grid of the network is centred at ``4k + 3.5``; to keep the convention
+``s k + (s - 1) / 2`` (``4k + 1.5``) that the rest of the library assumes for every stride,
+``forward`` shifts the image 2 pixels right and down (mean-colour padding) and crops the
+map to ``ceil(H / 4)`` rows and ``ceil(W / 4)`` columns.
+
 Layer sizes are ``ceil(H / s)`` at stride ``s`` for every ``H >= 1``; cells of the last
 row/column may extend past the image (zero padding, i.e. the mean colour).
 
@@ -56,7 +64,8 @@ with ``load_trunk_state_dict``; only padding differs, which no state dict record
 torchvision >= 0.5, "ResNet v1.5"), and ``layer{n}.0.downsample.0`` (1x1 conv) /
 ``layer{n}.0.downsample.1`` (BN) where the shortcut changes shape. torchvision's ``fc.*``
 is not used. The head's keys are ``head.fuse16.{0,1,3,4}`` (conv, BN, conv, BN of the
-stride-16 double conv), ``head.fuse8.{0,1,3,4}`` and ``head.proj.{weight,bias}``.
+stride-16 double conv), ``head.fuse8.{0,1,3,4}`` (and ``head.fuse4.{0,1,3,4}`` at output
+stride 4) and ``head.proj.{weight,bias}``.
 
 Decoder widths: ``C3 // 2`` at stride 16 and ``C2 // 2`` at stride 8, where ``C2, C3``
 are layer2/layer3 channels (resnet50 at width 64: 512 and 256, the widths of NeMo's two
@@ -93,6 +102,7 @@ __all__ = [
     "PRESETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "OUTPUT_STRIDES",
     "BackboneConfig",
     "FeatureBackbone",
     "build_backbone",
@@ -112,6 +122,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _STRIDE = 8
 
+#: output strides a FeatureBackbone can have (BackboneConfig.output_stride)
+OUTPUT_STRIDES = (8, 4)
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -126,6 +139,9 @@ class BackboneConfig:
         zero_init_residual: initialise the last BN gamma of every residual block to 0, so
             each block starts as the identity (Goyal et al. 2017; helps training from
             scratch). torchvision's default is ``False``.
+        output_stride: 8 (NeMo) or 4: one more decoder stage, fusing layer1 at stride 4
+            (twice the feature resolution for small images, at little cost: the trunk
+            is unchanged).
     """
 
     arch: str = "resnet18"
@@ -133,6 +149,7 @@ class BackboneConfig:
     feature_dim: int = 128
     in_channels: int = 3
     zero_init_residual: bool = True
+    output_stride: int = 8
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -149,6 +166,11 @@ class BackboneConfig:
             raise ValueError(
                 f"BackboneConfig.width: expected at least 2 (decoder widths are halves), "
                 f"got {self.width}"
+            )
+        if self.output_stride not in OUTPUT_STRIDES or isinstance(self.output_stride, bool):
+            raise ValueError(
+                f"BackboneConfig.output_stride: expected one of {OUTPUT_STRIDES}, "
+                f"got {self.output_stride!r}"
             )
         if not isinstance(self.zero_init_residual, bool):
             raise ValueError(
@@ -168,10 +190,12 @@ class BackboneConfig:
         return (w * e, 2 * w * e, 4 * w * e, 8 * w * e)
 
     @property
-    def decoder_channels(self) -> tuple[int, int]:
-        """Channels of the stride-16 and stride-8 double convs: ``(C3 // 2, C2 // 2)``."""
+    def decoder_channels(self) -> tuple[int, ...]:
+        """Channels of the decoder's double convs: ``(C3 // 2, C2 // 2)`` at strides 16 and
+        8, then ``C1`` at stride 4 when ``output_stride`` is 4."""
         c = self.layer_channels
-        return c[2] // 2, c[1] // 2
+        widths = (c[2] // 2, c[1] // 2)
+        return widths + ((c[0],) if self.output_stride == 4 else ())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -363,24 +387,34 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNetHead(nn.Module):
-    """NeMo's decoder: layers 2-4 of the trunk -> ``(B, feature_dim, h8, w8)``, not normalised.
+    """NeMo's decoder: trunk layers -> ``(B, feature_dim, h_s, w_s)`` at the output stride
+    ``s``, not normalised.
 
     ``fuse16``: double conv on ``[up(layer4), layer3]``; ``fuse8``: double conv on
-    ``[up(fuse16), layer2]``; ``proj``: 1x1 conv (with bias) to ``feature_dim``.
+    ``[up(fuse16), layer2]``; at output stride 4, ``fuse4``: double conv on
+    ``[up(fuse8), layer1]``; ``proj``: 1x1 conv (with bias) to ``feature_dim``.
     """
 
     def __init__(self, config: BackboneConfig):
         super().__init__()
-        _, c2, c3, c4 = config.layer_channels
-        d16, d8 = config.decoder_channels
-        self.fuse16 = _double_conv(c4 + c3, d16)
-        self.fuse8 = _double_conv(d16 + c2, d8)
-        self.proj = nn.Conv2d(d8, config.feature_dim, kernel_size=1, bias=True)
+        c1, c2, c3, c4 = config.layer_channels
+        widths = config.decoder_channels
+        self.fuse16 = _double_conv(c4 + c3, widths[0])
+        self.fuse8 = _double_conv(widths[0] + c2, widths[1])
+        if config.output_stride == 4:
+            self.fuse4 = _double_conv(widths[1] + c1, widths[2])
+        self.proj = nn.Conv2d(widths[-1], config.feature_dim, kernel_size=1, bias=True)
 
-    def forward(self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
-        """``c2 (B, C2, h8, w8)``, ``c3 (B, C3, h16, w16)``, ``c4 (B, C4, h32, w32)``."""
+    def forward(self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor,
+                c1: torch.Tensor | None = None) -> torch.Tensor:
+        """``c2 (B, C2, h8, w8)``, ``c3 (B, C3, h16, w16)``, ``c4 (B, C4, h32, w32)``, and
+        at output stride 4 ``c1 (B, C1, h4, w4)``."""
         x = self.fuse16(torch.cat([_upsample2_to(c4, tuple(c3.shape[-2:])), c3], dim=1))
         x = self.fuse8(torch.cat([_upsample2_to(x, tuple(c2.shape[-2:])), c2], dim=1))
+        if hasattr(self, "fuse4"):
+            if c1 is None:
+                raise ValueError("decoder: output stride 4 needs layer1's features (c1)")
+            x = self.fuse4(torch.cat([_upsample2_to(x, tuple(c1.shape[-2:])), c1], dim=1))
         return self.proj(x)
 
 
@@ -399,7 +433,8 @@ class FeatureBackbone(nn.Module):
 
     Attributes:
         config: the ``BackboneConfig``.
-        stride: 8, the output stride (geometry in the module docstring).
+        stride: the output stride, ``config.output_stride`` (8 or 4; geometry in
+            the module docstring and :meth:`forward`).
         feature_dim: channels of ``forward``'s output.
         pooled_dim: channels of ``forward_pooled``'s output (layer4's channels).
         conv1, bn1, maxpool, layer1..layer4: the trunk (torchvision names).
@@ -418,6 +453,7 @@ class FeatureBackbone(nn.Module):
         if not isinstance(config, BackboneConfig):
             raise TypeError(f"config: expected a BackboneConfig, got {type(config).__name__}")
         self.config = config
+        self.stride = config.output_stride
         self.feature_dim = config.feature_dim
         self.pooled_dim = config.layer_channels[3]
 
@@ -532,6 +568,13 @@ class FeatureBackbone(nn.Module):
         x = F.avg_pool2d(x, kernel_size=2, stride=1)
         return self.relu(self.bn1(self.conv1(x)))
 
+    def _layers(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.maxpool(self._stem(images))
+        c1 = self.layer1(x)
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return c1, c2, c3, self.layer4(c3)
+
     def forward_trunk(
         self, images: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -545,11 +588,7 @@ class FeatureBackbone(nn.Module):
             ``(B, C4, ceil(H/32), ceil(W/32))``; cell ``k`` of the stride-``s`` map is
             centred at pixel ``s k + 3.5``.
         """
-        x = self.maxpool(self._stem(images))
-        c2 = self.layer2(self.layer1(x))
-        c3 = self.layer3(c2)
-        c4 = self.layer4(c3)
-        return c2, c3, c4
+        return self._layers(images)[1:]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm dense features.
@@ -558,10 +597,30 @@ class FeatureBackbone(nn.Module):
             images: ``(B, in_channels, H, W)`` float in [0, 1] (normalised inside).
 
         Returns:
-            ``(B, feature_dim, ceil(H / 8), ceil(W / 8))``, L2 norm 1 over channels; cell
-            ``(i, j)`` is centred at input pixel ``(u, v) = (8j + 3.5, 8i + 3.5)``.
+            ``(B, feature_dim, ceil(H / s), ceil(W / s))`` at the output stride ``s =
+            self.stride``, L2 norm 1 over channels; cell ``(i, j)`` is centred at input
+            pixel ``(u, v) = (s j + (s - 1) / 2, s i + (s - 1) / 2)``. The network's own
+            stride-``s`` grid is centred at ``s k + 3.5`` (module docstring), which is that
+            at ``s = 8``; at ``s = 4`` the image is first shifted by 2 pixels (zero padding
+            at the left and top, i.e. the mean colour) and the map cropped to
+            ``ceil(H / 4)`` rows.
         """
-        return F.normalize(self.head(*self.forward_trunk(images)), dim=1, eps=1e-12)
+        return F.normalize(self._dense(images), dim=1, eps=1e-12)
+
+    def _dense(self, images: torch.Tensor) -> torch.Tensor:
+        """``forward`` before the normalisation."""
+        s = self.stride
+        h, w = images.shape[-2:]
+        shift = 4 - s // 2
+        if shift:
+            check_shape("images", images, ["B", self.config.in_channels, "H", "W"])
+            images = F.pad(images, (shift, 0, shift, 0), value=0.0)
+            # zero after normalisation is the mean colour: pad with it
+            images[..., :shift, :] = self.mean.to(images.dtype)
+            images[..., :, :shift] = self.mean.to(images.dtype)
+        c1, c2, c3, c4 = self._layers(images)
+        out = self.head(c2, c3, c4, c1) if s == 4 else self.head(c2, c3, c4)
+        return out[..., : -(-h // s), : -(-w // s)]
 
     def forward_pooled(self, images: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled layer4 embedding ``(B, pooled_dim)`` (not normalised)."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones import PRESETS
+from .backbones import OUTPUT_STRIDES, PRESETS
 from .model import MODEL_VERSION, PoseModel, box_fraction_of
 from .neural_mesh import ModelError, file_sha256
 from .training import LR_SCHEDULES, TrainConfig, synthetic_data, train
@@ -60,6 +60,7 @@ class BuildConfig:
         image_size: side of the square training renders (pixels).
         batch_size: renders per step.
         backbone: backbone preset (:data:`neural_mesh.backbones.PRESETS`).
+        output_stride: the backbone's feature stride (8: NeMo's; 4: twice the resolution).
         num_verts: vertex target of the neural mesh (NeMo: about 1,000; its objects
             span many more feature cells than our 128-pixel renders).
         mesh_kind: ``"remesh"`` (vertices on the mesh's own surface; default: the mesh is
@@ -82,6 +83,7 @@ class BuildConfig:
     image_size: int = 128
     batch_size: int = 8
     backbone: str = "small"
+    output_stride: int = 8
     num_verts: int = 400
     mesh_kind: str = "remesh"
     lr: float = 1e-3
@@ -98,6 +100,9 @@ class BuildConfig:
                 raise ValueError(f"BuildConfig.{name}: expected an int >= {low}, got {value!r}")
         if self.backbone not in PRESETS:
             raise ValueError(f"BuildConfig.backbone: expected one of {sorted(PRESETS)}, got {self.backbone!r}")
+        if self.output_stride not in OUTPUT_STRIDES or isinstance(self.output_stride, bool):
+            raise ValueError(f"BuildConfig.output_stride: expected one of {list(OUTPUT_STRIDES)}, "
+                             f"got {self.output_stride!r}")
         if self.mesh_kind not in ("remesh", "cuboid"):
             raise ValueError(f"BuildConfig.mesh_kind: expected 'remesh' or 'cuboid', got {self.mesh_kind!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
@@ -125,7 +130,7 @@ class BuildConfig:
         """The :class:`TrainConfig` of the build (synthetic renders of ``mesh_path``)."""
         size = (self.image_size, self.image_size)
         return TrainConfig(
-            backbone=PRESETS[self.backbone],
+            backbone=dataclasses.replace(PRESETS[self.backbone], output_stride=self.output_stride),
             data=synthetic_data(size, mesh=mesh_path, seed=self.seed,
                                 scene={"distance_range": self.distance_range,
                                        "center_jitter": self.center_jitter,

@@ -1497,7 +1497,7 @@ def train(
     shuffle = bool(data.get("shuffle", True))
     sampler = _StepSampler(start, config.steps, config.batch_size, length, config.seed, shuffle, rank, world)
     collate = _Collate(names, [_Geometry(meshes[n].verts.cpu(), meshes[n].faces.cpu()) for n in names],
-                       config.num_background, config.seed)
+                       config.num_background, config.seed, backbone.stride)
     loader = torch.utils.data.DataLoader(
         _Positions(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=workers,
         generator=torch.Generator().manual_seed(_derived_seed(config.seed, "loader")))
@@ -1596,7 +1596,7 @@ def _train_step(
         uv = torch.stack([batch["vertex_uv"][i] for i in sel.tolist()]).to(device)
         vis = torch.stack([batch["vertex_visible"][i] for i in sel.tolist()]).to(device)
         sel_d = sel.to(device)
-        feats = sample_vertex_features(fmap[sel_d], uv, vis, _STRIDE, config.sampling)
+        feats = sample_vertex_features(fmap[sel_d], uv, vis, backbone.stride, config.sampling)
         exclude = excl3d[g] if excl3d[g] is not None else neighbor_exclusion_2d(uv, radius)
         out = nemo_contrastive_loss(
             feats, vis, vbanks[g], cbanks[g], background_feats=bg_feats[sel_d],

@@ -168,6 +168,7 @@ def test_config_round_trip_dict():
         (dict(feature_dim=-1), "feature_dim: expected a positive int, got -1"),
         (dict(in_channels=True), "in_channels: expected a positive int, got True"),
         (dict(zero_init_residual=1), "zero_init_residual: expected a bool"),
+        (dict(output_stride=16), r"output_stride: expected one of \(8, 4\), got 16"),
     ],
 )
 def test_bad_config_errors(kwargs, match):
@@ -218,13 +219,14 @@ def test_load_trunk_state_dict_by_torchvision_names():
 # ---- geometry ---------------------------------------------------------------------------
 
 
-def _sampling_network(arch: str) -> FeatureBackbone:
+def _sampling_network(arch: str, output_stride: int = 8) -> FeatureBackbone:
     """Every conv a centre tap averaging its input channels; BN the identity; no biases.
 
     The network then only samples, max-pools and interpolates the input, so its response to
     a blob symmetric about a point is symmetric about the cell whose centre is that point.
     """
-    net = FeatureBackbone(BackboneConfig(arch=arch, width=4, feature_dim=4), seed=0).eval()
+    config = BackboneConfig(arch=arch, width=4, feature_dim=4, output_stride=output_stride)
+    net = FeatureBackbone(config, seed=0).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.Conv2d):
@@ -263,6 +265,39 @@ def test_cell_centres_at_8j_plus_3p5(arch):
     # negative control: half a pixel off, the response is no longer symmetric
     shifted = net.head(*net.forward_trunk(_blob_image(net, 104, 36.0, 35.5)))[0, 0]
     assert float((shifted[4, 5] - shifted[4, 3]).abs()) > 1e-5 * float(shifted[4, 4])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_stride4_cell_centres_at_4j_plus_1p5(arch):
+    # forward() shifts the image 2 pixels right/down, so a 102-pixel image becomes the
+    # 104-pixel one above, and pixel 33.5 becomes 35.5: a cell centre at every stride (4, 8,
+    # 16, 32). Stride-4 cell 8 is centred there: 4 * 8 + 1.5 = 33.5.
+    net = _sampling_network(arch, output_stride=4).double().requires_grad_(False)
+    assert net.stride == 4
+    image = _blob_image(net, 102, 33.5, 33.5)
+    out = net._dense(image)[0, 0]
+    assert out.shape == (26, 26) == feature_size((102, 102), 4)
+    assert divmod(int(out.argmax()), 26) == (8, 8)
+    window = out[2:15, 2:15]  # centred on cell (8, 8)
+    tol = 1e-10 * float(out.max())
+    assert_close(window, window.flip(0).flip(1), atol=tol, rtol=0)
+    assert_close(window, window.T, atol=tol, rtol=0)
+    assert float(out[8, 7]) > 1e-3 * float(out[8, 8])
+    # negative control: a blob at 4 * 8 + 3.5 (the unshifted network's centre) is not symmetric
+    shifted = net._dense(_blob_image(net, 102, 35.5, 33.5))[0, 0]
+    assert float((shifted[8, 9] - shifted[8, 7]).abs()) > 1e-5 * float(shifted[8, 8])
+
+
+@pytest.mark.parametrize("size", [(36, 52), (1, 1), (9, 17)])
+def test_stride4_shapes_unit_norm_and_gradients(size):
+    net = FeatureBackbone(BackboneConfig(**TINY, output_stride=4), seed=0)
+    assert net.config.decoder_channels == (16, 8, 8) and net.stride == 4
+    image = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    feats = net(image)
+    assert feats.shape == (2, 16, *feature_size(size, 4))
+    assert_close(feats.norm(dim=1), torch.ones_like(feats[:, 0]), atol=1e-5, rtol=0)
+    feats.sum().backward()
+    assert net.head.fuse4[0].weight.grad.abs().sum() > 0 and image.grad.abs().sum() > 0
 
 
 def test_feature_intrinsics_maps_points_into_their_cells():

@@ -94,17 +94,18 @@ def _params(pose) -> PoseParams:
     return PoseParams(*(torch.tensor([float(x)]) for x in (math.radians(a), math.radians(e), math.radians(th), d, u, v)))
 
 
-def _feature_K(K: torch.Tensor) -> torch.Tensor:
-    s, off = float(STRIDE), (STRIDE - 1) / 2.0
+def _feature_K(K: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
+    s, off = float(stride), (stride - 1) / 2.0
     return torch.tensor([[1 / s, 0, -off / s], [0, 1 / s, -off / s], [0, 0, 1.0]]) @ K
 
 
-def synthetic_map(nm, mu, pose, *, seed=0, noise=0.1, occlusion=0.0):
+def synthetic_map(nm, mu, pose, *, seed=0, noise=0.1, occlusion=0.0, stride=STRIDE):
     """``(C, h, w)`` feature map of the model at ``pose`` over clutter; returns (map, R, mask)."""
     g = torch.Generator().manual_seed(seed)
     R, t = pose_from_params(_params(pose), K)
-    feat, mask = render_features(nm, R, t, _feature_K(K), MAP_SIZE)
-    bg = torch.nn.functional.normalize(mu[:, None, None] + 0.3 * torch.randn(C, *MAP_SIZE, generator=g), dim=0)
+    size = tuple(-(-n // stride) for n in IMAGE_SIZE)
+    feat, mask = render_features(nm, R, t, _feature_K(K, stride), size)
+    bg = torch.nn.functional.normalize(mu[:, None, None] + 0.3 * torch.randn(C, *size, generator=g), dim=0)
     out = torch.where(mask[0], feat[0], bg)
     if occlusion > 0:
         # overwrite the leftmost `occlusion` fraction of the object's cells with clutter
@@ -262,6 +263,18 @@ def test_fit_recovers_off_centre_objects(clean_fit):
         # within one feature cell
         assert math.hypot(res.u0 - pose[4], res.v0 - pose[5]) < STRIDE, (pose, res.u0, res.v0)
         assert abs(res.distance - pose[3]) < 0.1 * pose[3]
+
+
+def test_fit_at_stride_4(model):
+    # the same pose on a stride-4 map (32 x 40 cells): recovered, and placed within 2 pixels
+    nm, mu = model
+    pose = POSES[1]
+    fmap, R, _ = synthetic_map(nm, mu, pose, seed=5, stride=4)
+    assert fmap.shape[-2:] == (32, 40)
+    (res,) = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, stride=4, config=CONFIG)
+    assert _deg(res.R, R) < 3.0
+    assert math.hypot(res.u0 - pose[4], res.v0 - pose[5]) < 2.0, (res.u0, res.v0)
+    assert abs(res.distance - pose[3]) < 0.05 * pose[3]
 
 
 def test_pose_result_fields_are_consistent(clean_fit):

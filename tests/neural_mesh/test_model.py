@@ -173,6 +173,9 @@ def test_build_config_validation_and_bad_mesh(tmp_path):
         BuildConfig(distance_range=(0.5, 3.0))
     with pytest.raises(ValueError, match="BuildConfig.center_jitter"):
         BuildConfig(center_jitter=0.9)
+    with pytest.raises(ValueError, match=r"BuildConfig.output_stride: expected one of \[8, 4\], got 2"):
+        BuildConfig(output_stride=2)
+    assert BuildConfig(output_stride=4).train_config(CHAIR).backbone.output_stride == 4
     scene = BuildConfig(distance_range=[3, 4], center_jitter=0.0).train_config(CHAIR).data["config"]
     assert scene["distance_range"] == [3.0, 4.0] and scene["center_jitter"] == 0.0
     bad = tmp_path / "bad.obj"

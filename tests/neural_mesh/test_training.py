@@ -441,6 +441,24 @@ def test_training_options_3d_exclusion_and_bilinear(tmp_path):
     assert load_run_config(tmp_path / "r").neighbor_radius_3d == 0.1
 
 
+def test_stride4_backbone_samples_its_own_grid(tmp_path, monkeypatch):
+    import neural_mesh.training as training_mod
+
+    seen = []
+    original = training_mod.sample_vertex_features
+
+    def spy(fmap, uv, vis, stride, sampling):
+        seen.append((tuple(fmap.shape[-2:]), stride))
+        return original(fmap, uv, vis, stride, sampling)
+
+    monkeypatch.setattr(training_mod, "sample_vertex_features", spy)
+    config = tiny_config(steps=1, backbone=BackboneConfig(width=8, feature_dim=16, output_stride=4))
+    result = train(config, tmp_path / "r", progress=False)
+    assert result.step == 1 and math.isfinite(result.losses[0])
+    assert seen == [((8, 8), 4)]  # 32-pixel renders: an 8 x 8 map sampled at stride 4
+    assert load_checkpoint(tmp_path / "r").backbone.stride == 4
+
+
 def test_training_lowers_the_loss(tmp_path):
     # a handful of steps on a tiny model: the loss falls from its random start
     result = train(tiny_config(steps=12, batch_size=4, lr=3e-3, checkpoint_every=100), tmp_path / "r", progress=False)
