@@ -22,7 +22,7 @@ images one at a time (the "single" time, the default interactive case).
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
-        [--json FILE]
+        [--polish 1] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
 beside it), so a second run only evaluates.
@@ -144,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", help="cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
     p.add_argument("--loss", choices=LOSSES, default=FitConfig.loss,
                    help="render-and-compare loss (FitConfig.loss; 'nemo' is NeMo's)")
+    p.add_argument("--polish", type=int, default=FitConfig.polish,
+                   help="Adam restarts at each image's best pose (FitConfig.polish)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -156,12 +158,13 @@ def main(argv=None) -> int:
     model = PoseModel.load(args.model) if args.model else build_model(mesh, build, cache_dir=cache)
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True)
 
-    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "n": args.n, "loss": args.loss, "levels": {}}
+    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "n": args.n, "loss": args.loss,
+                         "polish": args.polish, "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         res = {"occlusion": occ,
-               "render_and_compare": eval_nemo(model, samples, args.batch, args.singles, FitConfig(loss=args.loss))[0]}
+               "render_and_compare": eval_nemo(model, samples, args.batch, args.singles, FitConfig(loss=args.loss, polish=args.polish))[0]}
         if regressor is not None:
             res["regression"] = eval_regression(regressor, samples, args.batch, model)[0]
         results["levels"][f"L{level}"] = res

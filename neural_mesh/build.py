@@ -53,14 +53,20 @@ class BuildConfig:
     vertices (about two per feature cell instead of five), took L0 from 71% Acc@pi/6 and
     14 deg median error to 71% and 10 deg, and L2 from 12% to 25% to 33%. Raising the
     contrastive loss's clutter weight (0.005 -> 0.05, 20 background cells per image) did
-    worse (L2 12%).
+    worse (L2 12%). A stride-4 backbone (``output_stride=4``, twice the feature resolution,
+    similar build time) was no better on unoccluded images and worse on occluded ones
+    (``benchmarks/bench_pose.py --model DIR --no-regression`` on the two builds, 40
+    images per level: L0 Acc@pi/6 72.5% for both, median 11.8 vs 10.0 deg, 9.0 vs 10.4 with
+    ``--polish 1``; L2 Acc@pi/6 20% vs 32.5%), and fitting took ~1.3x longer, so the
+    default stays NeMo's 8.
 
     Attributes:
         steps: training steps.
         image_size: side of the square training renders (pixels).
         batch_size: renders per step.
         backbone: backbone preset (:data:`neural_mesh.backbones.PRESETS`).
-        output_stride: the backbone's feature stride (8: NeMo's; 4: twice the resolution).
+        output_stride: the backbone's feature stride (8: NeMo's, default; 4: twice the
+            resolution, :attr:`neural_mesh.backbones.BackboneConfig.output_stride`).
         num_verts: vertex target of the neural mesh (NeMo: about 1,000; its objects
             span many more feature cells than our 128-pixel renders).
         mesh_kind: ``"remesh"`` (vertices on the mesh's own surface; default: the mesh is

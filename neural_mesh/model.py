@@ -205,9 +205,9 @@ class PoseModel:
                 ``(3, 3)`` is shared).
             bbox: per photo a box ``(x0, y0, x1, y1)`` or None (a list of them), or None.
             config: :class:`FitConfig`.
-            recrop: without a box, crop around the first fit and fit again when the object
-                covers much less (or more) of the image than in training or lies far from
-                its centre.
+            recrop: without a box, crop around the first fit and fit again (the grid's
+                starts plus the first fit's pose) when the object covers much less (or
+                more) of the image than in training or lies far from its centre.
 
         Returns:
             One :class:`PoseResult` per photo in the **model frame**, with ``R, t`` valid
@@ -235,13 +235,15 @@ class PoseModel:
             again = [i for i in range(b) if boxes[i] is None and self._needs_recrop(results[i], images[i], Ks[i])]
             if again:
                 new_boxes = [self.projected_box(results[i].R, results[i].t, Ks[i]) for i in again]
-                redo = self._fit_once([images[i] for i in again], [Ks[i] for i in again], new_boxes, config)
+                first = (torch.stack([results[i].R for i in again]), torch.stack([results[i].t for i in again]))
+                redo = self._fit_once([images[i] for i in again], [Ks[i] for i in again], new_boxes, config,
+                                      init=first)
                 for i, r in zip(again, redo):
                     results[i] = r
         seconds = (time.perf_counter() - start) / b
         return [replace(r, seconds=seconds) for r in results]
 
-    def _fit_once(self, images, Ks, boxes, config: FitConfig) -> list[PoseResult]:
+    def _fit_once(self, images, Ks, boxes, config: FitConfig, init=None) -> list[PoseResult]:
         crops, kcs, maps = [], [], []
         for image, K, box in zip(images, Ks, boxes):
             crop, kc, m = self.prepare(image, K, box)
@@ -252,7 +254,7 @@ class PoseModel:
         feats = self.feature_map(batch)
         K_crop = torch.stack(kcs).to(feats.dtype)
         out = fit_pose(feats, self.nmesh, K_crop, image_size=self.image_size,
-                       stride=self.backbone.stride, config=config)
+                       stride=self.backbone.stride, config=config, init=init)
         results = []
         for r, (x0, y0, scale) in zip(out, maps):
             results.append(replace(r, u0=x0 + scale * r.u0, v0=y0 + scale * r.v0))

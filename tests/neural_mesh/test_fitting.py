@@ -289,7 +289,7 @@ def test_pose_result_fields_are_consistent(clean_fit):
         assert_close(res.t, t2[0], atol=1e-4, rtol=0)
         assert math.isclose(res.score, 1 - min(res.loss_curve), rel_tol=1e-6)
         assert res.loss_curve[-1] <= res.loss_curve[0] + 1e-6 or min(res.loss_curve) < res.loss_curve[0]
-        assert 1 <= len(res.loss_curve) <= CONFIG.steps + 1 and res.seconds > 0
+        assert 1 <= len(res.loss_curve) <= (CONFIG.polish + 1) * (CONFIG.steps + 1) and res.seconds > 0
         assert -math.pi < res.azimuth <= math.pi and -math.pi < res.theta <= math.pi
 
 
@@ -454,6 +454,7 @@ def test_paper_config_is_nemos():
     assert (paper.num_grid_poses, paper.top_k, paper.steps, paper.lr, paper.betas) == (144, 1, 300, 0.05, (0.4, 0.6))
     assert (paper.lr_decay, paper.lr_decay_every, paper.lr_phases) == (0.2, 100, 3)
     assert paper.patience >= paper.lr_decay_every  # no early stopping
+    assert paper.polish == 0
 
 
 def test_fit_config_rejects_bad_values():
@@ -461,6 +462,38 @@ def test_fit_config_rejects_bad_values():
         FitConfig(top_k=0)
     with pytest.raises(ValueError, match="distance: expected > 0 or None"):
         FitConfig(distance=-1.0)
+    with pytest.raises(ValueError, match="polish: expected >= 0, got .*-1"):
+        FitConfig(polish=-1)
+
+
+def test_init_pose_is_a_start_beside_the_grid(model):
+    # a one-pose grid far from the truth cannot find it; the true pose given as init can
+    nm, mu = model
+    pose = POSES[0]
+    fmap, R, _ = synthetic_map(nm, mu, pose, seed=7)
+    far = dataclasses.replace(CONFIG, num_azimuths=1, num_elevations=1, num_thetas=1, top_k=1,
+                              elevation_range_deg=(-30.0, -30.0), theta_range_deg=(0.0, 0.0))
+    alone = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=far)[0]
+    assert _deg(alone.R, R) > 20.0  # the test means something
+    Rt, t = pose_from_params(_params((pose[0] + 8.0, pose[1] - 5.0, *pose[2:])), K)
+    helped = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=far, init=(Rt, t))[0]
+    assert _deg(helped.R, R) < 3.0 and helped.score > alone.score
+    with pytest.raises(ValueError, match="init R"):
+        fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, init=(Rt[0], t))
+    with pytest.raises(ValueError, match="init: expected a pair"):
+        fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, init=Rt)
+
+
+def test_polish_restarts_never_raise_the_loss(model):
+    nm, mu = model
+    fmap, R, _ = synthetic_map(nm, mu, POSES[1], seed=9, noise=0.3)
+    short = dataclasses.replace(CONFIG, steps=20, lr_decay_every=5, patience=3)
+    plain = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=dataclasses.replace(short, polish=0))[0]
+    polished = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=dataclasses.replace(short, polish=2))[0]
+    assert len(polished.loss_curve) > len(plain.loss_curve)  # the restarts ran
+    assert polished.loss_curve[: len(plain.loss_curve)] == plain.loss_curve
+    assert polished.score >= plain.score
+    assert 1.0 - polished.score == pytest.approx(min(polished.loss_curve), abs=1e-6)
 
 
 def test_fit_rejects_bad_inputs(model):
