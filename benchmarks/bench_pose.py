@@ -164,7 +164,8 @@ def main(argv=None) -> int:
         samples = test_set(mesh, build, level, args.n)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         res = {"occlusion": occ,
-               "render_and_compare": eval_nemo(model, samples, args.batch, args.singles, FitConfig(loss=args.loss, polish=args.polish))[0]}
+               "render_and_compare": eval_nemo(model, samples, args.batch, args.singles,
+                                               FitConfig(loss=args.loss, polish=args.polish))[0]}
         if regressor is not None:
             res["regression"] = eval_regression(regressor, samples, args.batch, model)[0]
         results["levels"][f"L{level}"] = res

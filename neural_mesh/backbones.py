@@ -408,7 +408,7 @@ class UNetHead(nn.Module):
     def forward(self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor,
                 c1: torch.Tensor | None = None) -> torch.Tensor:
         """``c2 (B, C2, h8, w8)``, ``c3 (B, C3, h16, w16)``, ``c4 (B, C4, h32, w32)``, and
-        at output stride 4 ``c1 (B, C1, h4, w4)``."""
+        ``c1 (B, C1, h4, w4)``, used (and needed) at output stride 4 only."""
         x = self.fuse16(torch.cat([_upsample2_to(c4, tuple(c3.shape[-2:])), c3], dim=1))
         x = self.fuse8(torch.cat([_upsample2_to(x, tuple(c2.shape[-2:])), c2], dim=1))
         if hasattr(self, "fuse4"):
@@ -614,13 +614,10 @@ class FeatureBackbone(nn.Module):
         shift = 4 - s // 2
         if shift:
             check_shape("images", images, ["B", self.config.in_channels, "H", "W"])
-            images = F.pad(images, (shift, 0, shift, 0), value=0.0)
-            # zero after normalisation is the mean colour: pad with it
-            images[..., :shift, :] = self.mean.to(images.dtype)
-            images[..., :, :shift] = self.mean.to(images.dtype)
+            mean = self.mean.to(images.dtype)
+            images = F.pad(images - mean, (shift, 0, shift, 0)) + mean  # pad with the mean colour
         c1, c2, c3, c4 = self._layers(images)
-        out = self.head(c2, c3, c4, c1) if s == 4 else self.head(c2, c3, c4)
-        return out[..., : -(-h // s), : -(-w // s)]
+        return self.head(c2, c3, c4, c1)[..., : -(-h // s), : -(-w // s)]
 
     def forward_pooled(self, images: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled layer4 embedding ``(B, pooled_dim)`` (not normalised)."""

@@ -1022,19 +1022,18 @@ def _boxes(bbox, b: int, stride: int, dtype, device) -> list[torch.Tensor | None
     return out
 
 
-def _init_starts(init, K: torch.Tensor, b: int, stride: int) -> torch.Tensor:
-    """``(B, 6)`` internal parameters of ``init = (R, t)`` (full-image ``K``)."""
+def _init_starts(init, K_feat: torch.Tensor, b: int) -> torch.Tensor:
+    """``(B, 6)`` internal parameters of ``init = (R, t)``: with the feature map's
+    intrinsics, :func:`params_from_pose` gives ``(u0, v0)`` in feature cells directly."""
     if not (isinstance(init, (tuple, list)) and len(init) == 2):
         raise ValueError("init: expected a pair (R (B, 3, 3), t (B, 3))")
-    R, t = (torch.as_tensor(x).to(K.device, K.dtype) for x in init)
+    R, t = (torch.as_tensor(x).to(K_feat.device, K_feat.dtype) for x in init)
     check_shape("init R", R, [b, 3, 3])
     check_shape("init t", t, [b, 3])
     check_finite("init R", R)
     check_finite("init t", t)
-    p = params_from_pose(R, t, K)
-    off = (stride - 1) / 2.0
-    return torch.stack([p.azimuth, p.elevation, p.theta, torch.log(p.distance),
-                        (p.u0 - off) / stride, (p.v0 - off) / stride], dim=1)
+    p = params_from_pose(R, t, K_feat)
+    return torch.stack([p.azimuth, p.elevation, p.theta, torch.log(p.distance), p.u0, p.v0], dim=1)
 
 
 def fit_pose(
@@ -1107,7 +1106,7 @@ def fit_pose(
         fallback_side = min(H, W) / 2.0 / int(stride)  # half the shorter image side, in cells
         x0, _ = _grid_starts(grid.to(device, dtype), tables, K_feat, boxes, config, fallback_side)
     if init is not None:
-        x0 = torch.cat([x0, _init_starts(init, K, b, int(stride))[:, None]], dim=1)
+        x0 = torch.cat([x0, _init_starts(init, K_feat, b)[:, None]], dim=1)
     k = x0.shape[1]
     x0 = x0.reshape(b * k, 6)
     image_of = torch.arange(b, device=device).repeat_interleave(k)
