@@ -15,14 +15,16 @@ preset and the same number of steps:
 Test sets are held out: the same engine with its default scenes (whatever the build's
 scene settings) and another seed (other viewpoints, colours, lights and procedural
 backgrounds) at occlusion levels L0 (none), L1 (20-40 % of the
-object hidden), L2 (40-60 %), L3 (60-80 %). The table gives Acc@pi/6, Acc@pi/18 and the
+object hidden), L2 (40-60 %), L3 (60-80 %); with ``--renderer raycast`` they are drawn by
+:mod:`datasets.raycast` instead, a renderer the models never saw (ray casting, its own
+materials and lighting, floors with cast shadows, 3D occluders). The table gives Acc@pi/6, Acc@pi/18 and the
 median rotation error per level and method, and seconds per image: render-and-compare
 fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
 images one at a time (the "single" time, the default interactive case).
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
-        [--polish 1] [--json FILE]
+        [--polish 1] [--renderer raycast] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
 beside it), so a second run only evaluates.
@@ -51,9 +53,20 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_SEED = 90_210
 
 
-def test_set(mesh: Path, build: BuildConfig, level: int, n: int):
-    """``n`` held-out samples of ``mesh`` at occlusion ``level``."""
+#: test-image renderers: the training engine's, or the independent ray caster
+RENDERERS = ("engine", "raycast")
+
+
+def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str = "engine"):
+    """``n`` held-out samples of ``mesh`` at occlusion ``level``, drawn by the synthetic
+    engine (``"engine"``) or by :mod:`datasets.raycast` (``"raycast"``: another renderer
+    with its own shading, 3D scenes and 3D occluders)."""
     from datasets.synthetic import SyntheticConfig, SyntheticDataset
+
+    if renderer == "raycast":
+        from datasets.raycast import raycast_samples
+
+        return raycast_samples(mesh, n, level, build.image_size, seed=TEST_SEED)
     from neural_mesh.training import synthetic_data
 
     # the engine's default scenes at the build's image size, whatever the build's scene
@@ -146,6 +159,9 @@ def main(argv=None) -> int:
                    help="render-and-compare loss (FitConfig.loss; 'nemo' is NeMo's)")
     p.add_argument("--polish", type=int, default=FitConfig.polish,
                    help="Adam restarts at each image's best pose (FitConfig.polish)")
+    p.add_argument("--renderer", choices=RENDERERS, default="engine",
+                   help="who draws the test images: the training engine, or datasets.raycast "
+                        "(an independent ray caster with its own shading, floors, shadows, 3D occluders)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -159,9 +175,9 @@ def main(argv=None) -> int:
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True)
 
     rows, results = [], {"mesh": mesh.name, "steps": args.steps, "n": args.n, "loss": args.loss,
-                         "polish": args.polish, "levels": {}}
+                         "polish": args.polish, "renderer": args.renderer, "levels": {}}
     for level in args.levels:
-        samples = test_set(mesh, build, level, args.n)
+        samples = test_set(mesh, build, level, args.n, args.renderer)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         res = {"occlusion": occ,
                "render_and_compare": eval_nemo(model, samples, args.batch, args.singles,
@@ -178,7 +194,8 @@ def main(argv=None) -> int:
                             f"{m['median_deg']:6.1f} | {m['s_per_image_batched']:11.3f} | {single:>7s} |")
         print(rows[-1], file=sys.stderr, flush=True)
 
-    print(f"\nPose accuracy on held-out renders of {mesh.name} ({args.n} images per level, "
+    drawn = "renders" if args.renderer == "engine" else "ray-cast images (another renderer)"
+    print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
           f"{args.steps} training steps, {args.loss} loss, {torch.get_num_threads()} threads)\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 |")
     print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:|")

@@ -1,0 +1,548 @@
+"""Test images from a second, independent renderer: ray casting with its own shading.
+
+Everything else in the project draws images with one rasterizer (:mod:`render`) and one
+appearance model (:mod:`datasets.randomize`); a model trained on those renders could
+exploit their quirks and still fail on any other image. This module makes held-out test
+scenes with none of that code: rays are cast through every pixel (Open3D's Embree ray
+caster when Open3D is installed, else a brute-force ray/triangle test), and the hits are
+shaded here:
+
+* the object stands on a textured **floor** (when the camera is above it) in front of a
+  textured **wall**, in a 3D scene, so it casts a **shadow**;
+* materials are procedural 3D patterns (solid, stripes, wood rings, 3D checkers) with
+  Lambert diffuse, Blinn-Phong highlights and flat (object) or smooth (primitives)
+  normals, under one directional light plus ambient light; shadows come from a second ray;
+* **distractors** (boxes, spheres, cylinders) stand around the object without hiding it,
+  and at occlusion levels 1-3 **3D occluders** float between the camera and the object
+  until the hidden share of the object lies in the level's range
+  (:data:`datasets.randomize.OCCLUSION_LEVELS`);
+* 2 x 2 supersampling, gamma 2.2 and sensor noise.
+
+What it shares with the engine: the mesh's canonical frame (:func:`render.load_mesh` and
+:func:`render.center_and_scale`: bounding-box centre, unit bounding sphere), the pose
+convention (:func:`render.angles_to_pose`) and the viewpoint ranges of
+:class:`datasets.synthetic.SyntheticConfig`'s defaults. Samples carry the engine's keys
+(``image, mask, occluder_mask, occlusion, K, R, t, azimuth, elevation, theta, distance,
+bbox, category, mesh_id``; :func:`datasets.check_sample` holds) in the canonical frame.
+
+    python -m datasets.raycast --mesh demos/data/chair.obj --out data/raycast --n 8 \\
+        --level 2 [--size 256] [--seed 0]
+
+writes ``0000.png ...`` and ``ground_truth.jsonl`` (one line per image: ``K`` as ``[fx,
+fy, cx, cy]`` for ``fit_pose.py --K``, ``R`` and ``t`` in the mesh file's own frame,
+``X_cam = R @ X_file + t``, as ``demos/fit_pose.py --json`` reports them; the angles; the
+hidden fraction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from render import MeshError, angles_to_pose, center_and_scale, load_mesh
+
+from .randomize import OCCLUSION_LEVELS
+
+__all__ = ["RaycastScene", "file_frame_translation", "make_scene", "raycast_samples", "main"]
+
+#: viewpoint ranges (those of SyntheticConfig's defaults; radians, radii, image sides)
+AZIMUTH = (-math.pi, math.pi)
+ELEVATION = (math.radians(-10.0), math.radians(50.0))
+THETA = (math.radians(-15.0), math.radians(15.0))
+DISTANCE = (4.0, 6.0)
+FOCAL = (1.5, 2.1)
+CENTER_JITTER = 0.08
+
+
+# ----------------------------------------------------------------------- ray casting
+
+
+class _Caster:
+    """First hits of rays on a triangle soup: Open3D's Embree ray caster when Open3D is
+    installed, else a brute-force Moller-Trumbore test of every ray against every
+    triangle (chunked; fine for test-sized images)."""
+
+    def __init__(self, verts: np.ndarray, faces: np.ndarray):
+        self.verts = np.asarray(verts, dtype=np.float64)
+        self.faces = np.asarray(faces, dtype=np.int64)
+        try:
+            import open3d as o3d
+        except ImportError:
+            o3d = None
+        self._o3d = o3d
+        if o3d is not None:
+            self._scene = o3d.t.geometry.RaycastingScene()
+            self._scene.add_triangles(o3d.core.Tensor(self.verts.astype(np.float32)),
+                                      o3d.core.Tensor(self.faces.astype(np.uint32)))
+        else:
+            tri = torch.from_numpy(self.verts[self.faces]).to(torch.float32)  # (F, 3, 3)
+            self._v0 = tri[:, 0]
+            self._e1 = tri[:, 1] - tri[:, 0]
+            self._e2 = tri[:, 2] - tri[:, 0]
+            # bounding spheres of runs of consecutive faces, to skip most of them per chunk
+            group = torch.arange(tri.shape[0]) // self.GROUP
+            lo = torch.full((int(group[-1]) + 1, 3), math.inf).scatter_reduce(
+                0, group[:, None].expand(-1, 3), tri.amin(1), "amin")
+            hi = torch.full_like(lo, -math.inf).scatter_reduce(0, group[:, None].expand(-1, 3), tri.amax(1), "amax")
+            self._centre = (lo + hi) / 2
+            self._radius = (hi - lo).norm(dim=1) / 2 + 1e-4
+            self._group = group
+
+    def cast(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(N, 3)`` rays -> distance along ``dirs`` ``(N,)`` (inf: miss), face ``(N,)``
+        (-1: miss), barycentrics ``(N, 3)``."""
+        if self._o3d is not None:
+            rays = np.concatenate([origins, dirs], 1).astype(np.float32)
+            ans = self._scene.cast_rays(self._o3d.core.Tensor(rays))
+            dist = ans["t_hit"].numpy().astype(np.float64)
+            face = ans["primitive_ids"].numpy().astype(np.int64)
+            uv = ans["primitive_uvs"].numpy().astype(np.float64)
+        else:
+            dist, face, uv = self._brute_force(torch.from_numpy(np.asarray(origins, dtype=np.float64)),
+                                               torch.from_numpy(np.asarray(dirs, dtype=np.float64)))
+        hit = np.isfinite(dist)
+        face = np.where(hit, face, -1)
+        bary = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], 1) * hit[:, None]
+        return dist, face, bary
+
+    #: faces per bounding sphere of the brute-force caster
+    GROUP = 16
+
+    def _brute_force(self, o: torch.Tensor, d: torch.Tensor, chunk: int = 256):
+        n = o.shape[0]
+        o, d = o.to(torch.float32), d.to(torch.float32)
+        dist = torch.full((n,), math.inf, dtype=torch.float64)
+        face = torch.full((n,), -1, dtype=torch.int64)
+        uv = torch.zeros(n, 2, dtype=torch.float64)
+        for a in range(0, n, chunk):
+            oc, dc = o[a:a + chunk, None, :], d[a:a + chunk, None, :]
+            # spheres any ray of the chunk meets (rays are pixel-ordered: coherent)
+            to_c = self._centre[None] - oc  # (n, G, 3)
+            along = (to_c * dc).sum(-1)
+            miss2 = (to_c * to_c).sum(-1) - along**2
+            meet = ((miss2 <= self._radius**2) & (along + self._radius > 0)).any(0)
+            keep = meet[self._group].nonzero()[:, 0]
+            if keep.numel() == 0:
+                continue
+            v0, e1, e2 = self._v0[keep], self._e1[keep], self._e2[keep]
+            p = torch.cross(dc.expand(-1, e2.shape[0], -1), e2[None].expand(dc.shape[0], -1, -1), dim=-1)
+            det = (e1[None] * p).sum(-1)
+            ok = det.abs() > 1e-10
+            inv = 1.0 / torch.where(ok, det, torch.ones_like(det))
+            s = oc - v0[None]
+            u = (s * p).sum(-1) * inv
+            q = torch.cross(s, e1[None].expand_as(s), dim=-1)
+            v = (dc * q).sum(-1) * inv
+            t = (e2[None] * q).sum(-1) * inv
+            ok &= (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 1e-6)
+            t = torch.where(ok, t, torch.full_like(t, math.inf))
+            best, idx = t.min(1)
+            dist[a:a + chunk] = best.double()
+            face[a:a + chunk] = keep[idx]
+            rows = torch.arange(idx.shape[0])
+            uv[a:a + chunk, 0] = u[rows, idx]
+            uv[a:a + chunk, 1] = v[rows, idx]
+        return dist.numpy(), face.numpy(), uv.numpy()
+
+
+# -------------------------------------------------------------------------- materials
+
+
+def _hsv(rng: np.random.Generator, sat=(0.1, 0.9), val=(0.2, 0.95)) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(*sat), rng.uniform(*val)))
+
+
+def _material(rng: np.random.Generator, scale: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A random procedural 3D albedo: points ``(N, 3)`` -> linear RGB ``(N, 3)``."""
+    kind = rng.choice(["solid", "stripes", "wood", "checker"])
+    a, b = _hsv(rng), _hsv(rng)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    period = scale * rng.uniform(0.1, 0.5)
+    if kind == "solid":
+        return lambda p: np.broadcast_to(a, p.shape).copy()
+    if kind == "stripes":
+        return lambda p: np.where((np.floor(p @ axis / period) % 2 == 0)[:, None], a, b)
+    if kind == "wood":
+        def wood(p: np.ndarray) -> np.ndarray:
+            radial = np.linalg.norm(p - (p @ axis)[:, None] * axis, axis=1)
+            s = 0.5 + 0.5 * np.sin(2 * math.pi * radial / period + 3.0 * np.sin(p @ axis * 2.0 / scale))
+            return a * s[:, None] + b * (1 - s[:, None])
+        return wood
+    return lambda p: np.where((np.floor(p / period).sum(1) % 2 == 0)[:, None], a, b)
+
+
+@dataclass
+class _Item:
+    """One solid of the scene: its faces ``[start, stop)`` in the merged soup."""
+
+    role: str  # "object", "occluder", "distractor", "floor", "wall"
+    start: int
+    stop: int
+    albedo: Callable[[np.ndarray], np.ndarray]
+    smooth: bool
+    specular: float
+    shininess: float
+
+
+def _primitive(rng: np.random.Generator, size: float):
+    import trimesh
+
+    kind = rng.choice(["box", "sphere", "cylinder", "capsule"])
+    if kind == "box":
+        mesh = trimesh.creation.box(extents=size * rng.uniform(0.4, 1.2, size=3))
+    elif kind == "sphere":
+        mesh = trimesh.creation.icosphere(subdivisions=2, radius=size * rng.uniform(0.3, 0.6))
+    elif kind == "cylinder":
+        mesh = trimesh.creation.cylinder(radius=size * rng.uniform(0.1, 0.35), height=size * rng.uniform(0.6, 1.6),
+                                         sections=24)
+    else:
+        mesh = trimesh.creation.capsule(radius=size * rng.uniform(0.1, 0.3), height=size * rng.uniform(0.4, 1.2),
+                                        count=[12, 12])
+    rot = trimesh.transformations.random_rotation_matrix(rng.uniform(0, 1, size=3))
+    mesh.apply_transform(rot)
+    return mesh, kind in ("sphere", "cylinder", "capsule")
+
+
+# ---------------------------------------------------------------------------- scenes
+
+
+@dataclass
+class RaycastScene:
+    """One rendered scene (arrays in the canonical frame; see the module docstring)."""
+
+    image: np.ndarray  # (H, W, 3) float in [0, 1]
+    mask: np.ndarray  # (H, W) bool, the whole object (amodal)
+    occluder_mask: np.ndarray  # (H, W) bool, pixels an occluder covers
+    occlusion: float
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    angles: tuple[float, float, float, float]  # azimuth, elevation, theta, distance
+
+
+def _camera_rays(K: np.ndarray, R: np.ndarray, t: np.ndarray, size: tuple[int, int], ss: int):
+    """Rays (object frame) through ``ss x ss`` sub-pixel points of every pixel, pixel-major."""
+    h, w = size
+    offs = (np.arange(ss) + 0.5) / ss - 0.5
+    v, u, dv, du = np.meshgrid(np.arange(h), np.arange(w), offs, offs, indexing="ij")
+    pix = np.stack([(u + du).ravel(), (v + dv).ravel(), np.ones(u.size)], 1)
+    d_cam = pix @ np.linalg.inv(K).T
+    dirs = d_cam @ R  # R^T d for each row
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    origin = -R.T @ t
+    return np.broadcast_to(origin, dirs.shape).copy(), dirs
+
+
+def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _Caster, K, R, t,
+            size: tuple[int, int], rng: np.random.Generator, ss: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Shade the scene: ``(H, W, 3)`` image in [0, 1] and the role index of each pixel's
+    first hit (majority of its sub-samples; -1: nothing)."""
+    h, w = size
+    origins, dirs = _camera_rays(K, R, t, size, ss)
+    dist, face, bary = caster.cast(origins, dirs)
+    hit = face >= 0
+    light = rng.normal(size=3)
+    light[1] = abs(light[1]) + 0.8  # from above
+    light /= np.linalg.norm(light)
+    ambient = rng.uniform(0.15, 0.4)
+    sky_top, sky_bottom = _hsv(rng, val=(0.4, 1.0)), _hsv(rng, val=(0.2, 0.8))
+    rows = np.repeat(np.arange(h), w * ss * ss) / max(h - 1, 1)
+    color = sky_top * (1 - rows[:, None]) + sky_bottom * rows[:, None]
+    item_of = np.full(len(faces), -1, dtype=np.int64)
+    for k, item in enumerate(items):
+        item_of[item.start:item.stop] = k
+    idx = np.nonzero(hit)[0]
+    f = face[idx]
+    tri = verts[faces[f]]  # (n, 3, 3)
+    points = (bary[idx, :, None] * tri).sum(1)
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    fn /= np.linalg.norm(fn, axis=1, keepdims=True).clip(1e-12)
+    normals = fn.copy()
+    vnormals = _vertex_normals(verts, faces)
+    owner = item_of[f]
+    for k, item in enumerate(items):
+        sel = owner == k
+        if not sel.any():
+            continue
+        if item.smooth:
+            n = (bary[idx[sel], :, None] * vnormals[faces[f[sel]]]).sum(1)
+            normals[sel] = n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
+    view = -dirs[idx]
+    flip = (normals * view).sum(1) < 0
+    normals[flip] *= -1
+    fn[(fn * view).sum(1) < 0] *= -1
+    # shadows: a second ray towards the light
+    s_dist, _, _ = caster.cast(points + 1e-3 * fn, np.broadcast_to(light, points.shape).copy())
+    lit = ~np.isfinite(s_dist)
+    diffuse = np.clip(normals @ light, 0, None) * lit
+    half = light[None] + view
+    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    shade = np.zeros((len(idx), 3))
+    for k, item in enumerate(items):
+        sel = owner == k
+        if not sel.any():
+            continue
+        albedo = item.albedo(points[sel])
+        spec = item.specular * lit[sel] * np.clip((normals[sel] * half[sel]).sum(1), 0, None) ** item.shininess
+        shade[sel] = albedo * (ambient + (1 - ambient) * diffuse[sel, None]) + spec[:, None]
+    color[idx] = shade
+    image = color.reshape(h, w, ss * ss, 3).mean(2)
+    image = np.clip(image, 0, 1) ** (1 / 2.2)
+    image = image * rng.uniform(0.8, 1.15) + rng.normal(0, rng.uniform(0.0, 0.02), image.shape)
+    roles = np.full(len(face), -1, dtype=np.int64)
+    roles[idx] = owner
+    roles = roles.reshape(h * w, ss * ss)
+    # the role hit by most sub-samples of each pixel
+    counts = np.stack([(roles == k).sum(1) for k in range(-1, len(items))], 1)
+    pixel_role = counts.argmax(1) - 1
+    return np.clip(image, 0, 1), pixel_role.reshape(h, w)
+
+
+def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    vn = np.zeros_like(verts)
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn)
+    return vn / np.linalg.norm(vn, axis=1, keepdims=True).clip(1e-12)
+
+
+def _object_hits(caster: _Caster, K, R, t, size) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel centre: distance to the object (inf: miss) and the ray directions."""
+    origins, dirs = _camera_rays(K, R, t, size, 1)
+    dist, _, _ = caster.cast(origins, dirs)
+    return dist, dirs
+
+
+def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, int], level: int,
+               rng: np.random.Generator, max_tries: int = 60) -> RaycastScene:
+    """One scene of the canonical-frame mesh at occlusion ``level`` (0-3)."""
+    import trimesh
+
+    if level not in OCCLUSION_LEVELS:
+        raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
+    h, w = size
+    az, el = rng.uniform(*AZIMUTH), rng.uniform(*ELEVATION)
+    theta, dist = rng.uniform(*THETA), rng.uniform(*DISTANCE)
+    f = rng.uniform(*FOCAL) * max(h, w)
+    cx = (w - 1) / 2 + rng.uniform(-CENTER_JITTER, CENTER_JITTER) * w
+    cy = (h - 1) / 2 + rng.uniform(-CENTER_JITTER, CENTER_JITTER) * h
+    K = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1.0]])
+    Rt, tt = angles_to_pose(torch.tensor(az, dtype=torch.float64), torch.tensor(el, dtype=torch.float64),
+                            torch.tensor(theta, dtype=torch.float64), torch.tensor(dist, dtype=torch.float64))
+    R, t = Rt.numpy(), tt.numpy()
+    cam = -R.T @ t
+
+    items: list[_Item] = []
+    soup_v: list[np.ndarray] = []
+    soup_f: list[np.ndarray] = []
+    count = [0, 0]  # verts, faces so far
+
+    def add(role: str, v: np.ndarray, fc: np.ndarray, smooth: bool, albedo=None) -> None:
+        soup_v.append(v)
+        soup_f.append(fc + count[0])
+        items.append(_Item(role, count[1], count[1] + len(fc), albedo or _material(rng, 1.0), smooth,
+                           specular=rng.uniform(0.0, 0.5), shininess=rng.uniform(5, 60)))
+        count[0] += len(v)
+        count[1] += len(fc)
+
+    add("object", obj_verts, obj_faces, smooth=False)
+    floor_y = float(obj_verts[:, 1].min())
+    if cam[1] > floor_y + 0.3:
+        plane = trimesh.creation.box(extents=[60.0, 0.01, 60.0])
+        plane.apply_translation([0, floor_y - 0.005, 0])
+        add("floor", np.asarray(plane.vertices), np.asarray(plane.faces), False, _material(rng, 4.0))
+    # a wall behind the object, facing the camera
+    back = -cam / np.linalg.norm(cam)
+    wall = trimesh.creation.box(extents=[60.0, 60.0, 0.01])
+    z = np.array([0, 0, 1.0])
+    axis = np.cross(z, back)
+    if np.linalg.norm(axis) > 1e-9:
+        ang = math.acos(float(np.clip(z @ back, -1, 1)))
+        wall.apply_transform(trimesh.transformations.rotation_matrix(ang, axis))
+    elif z @ back < 0:
+        wall.apply_transform(trimesh.transformations.rotation_matrix(math.pi, [0, 1, 0]))
+    wall.apply_translation(back * rng.uniform(2.5, 8.0))
+    add("wall", np.asarray(wall.vertices), np.asarray(wall.faces), False, _material(rng, 4.0))
+
+    object_caster = _Caster(obj_verts, obj_faces)
+    obj_dist, pixel_dirs = _object_hits(object_caster, K, R, t, size)
+    amodal = np.isfinite(obj_dist)
+    if not amodal.any():
+        raise RuntimeError("the object misses the image")
+    # distractors beside or behind the object, kept only if they hide none of it
+    for _ in range(rng.integers(0, 4)):
+        prim, smooth = _primitive(rng, rng.uniform(0.5, 1.2))
+        offset = rng.normal(size=3)
+        offset[1] = 0
+        offset /= np.linalg.norm(offset).clip(1e-9)
+        centre = offset * rng.uniform(1.8, 3.5)
+        centre[1] = floor_y - prim.bounds[0, 1] if items[1].role == "floor" else rng.uniform(-0.5, 0.5)
+        prim.apply_translation(centre)
+        d, _, _ = _Caster(np.asarray(prim.vertices), np.asarray(prim.faces)).cast(
+            np.broadcast_to(cam, pixel_dirs.shape).copy(), pixel_dirs)
+        if not (d[amodal] < obj_dist[amodal]).any() and np.linalg.norm(cam - centre) > 1.5:
+            add("distractor", np.asarray(prim.vertices), np.asarray(prim.faces), smooth)
+    # occluders between the camera and the object until the level's range is reached
+    low, high = OCCLUSION_LEVELS[level]
+    hidden = np.zeros(h * w, dtype=bool)
+    occluders: list[tuple[np.ndarray, np.ndarray, bool]] = []
+    surface = cam + pixel_dirs[amodal] * obj_dist[amodal][:, None]
+    tries = 0
+    while level > 0 and hidden[amodal].mean() < low and tries < max_tries:
+        tries += 1
+        target = surface[rng.integers(len(surface))]
+        along = rng.uniform(0.35, 0.8)
+        scale = rng.uniform(0.3, 1.1) * along
+        prim, smooth = _primitive(rng, scale)
+        prim.apply_translation(cam + along * (target - cam))
+        d, _, _ = _Caster(np.asarray(prim.vertices), np.asarray(prim.faces)).cast(
+            np.broadcast_to(cam, pixel_dirs.shape).copy(), pixel_dirs)
+        if (np.linalg.norm(prim.vertices - cam, axis=1) < 0.3).any():
+            continue
+        now = hidden | (d < obj_dist)
+        if now[amodal].mean() > high:
+            continue
+        hidden = now
+        occluders.append((np.asarray(prim.vertices), np.asarray(prim.faces), smooth))
+    if level > 0 and not low <= hidden[amodal].mean() <= high:
+        raise RuntimeError(f"could not reach occlusion level {level}")
+    for v, fc, smooth in occluders:
+        add("occluder", v, fc, smooth)
+
+    verts = np.concatenate(soup_v)
+    faces = np.concatenate(soup_f)
+    image, pixel_item = _render(items, verts, faces, _Caster(verts, faces), K, R, t, size, rng)
+    roles = np.array([it.role for it in items] + ["none"])
+    pixel_role = roles[pixel_item]  # -1 -> "none"
+    occ_mask = pixel_role == "occluder"
+    mask = amodal.reshape(h, w)
+    occlusion = float((mask & occ_mask).sum() / mask.sum())
+    return RaycastScene(image=image, mask=mask, occluder_mask=occ_mask, occlusion=occlusion, K=K, R=R, t=t,
+                        angles=(az, el, theta, dist))
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def _canonical(mesh_path: str | Path):
+    mesh = load_mesh(mesh_path)
+    canon, c, s = center_and_scale(mesh, center="bbox", scale="radius")
+    return canon.verts.double().numpy(), canon.faces.long().numpy(), c.double().numpy(), float(s)
+
+
+def file_frame_translation(R: np.ndarray, t: np.ndarray, c: np.ndarray, s: float) -> np.ndarray:
+    """``t`` of a canonical-frame pose in the mesh file's frame, where the canonical
+    vertices are ``(X_file - c) * s``: ``X_cam / s = R @ X_file + (t / s - R @ c)`` (the
+    same image: the scene scaled by ``1 / s``)."""
+    return np.asarray(t) / s - np.asarray(R) @ np.asarray(c)
+
+
+def _sample(scene: RaycastScene, mesh_id: str) -> dict[str, Any]:
+    ys, xs = np.nonzero(scene.mask)
+    f32 = torch.float32
+    return {
+        "image": torch.from_numpy(scene.image.astype(np.float32)).permute(2, 0, 1).contiguous(),
+        "mask": torch.from_numpy(scene.mask),
+        "occluder_mask": torch.from_numpy(scene.occluder_mask),
+        "occlusion": scene.occlusion,
+        "K": torch.from_numpy(scene.K).to(f32),
+        "R": torch.from_numpy(scene.R).to(f32),
+        "t": torch.from_numpy(scene.t).to(f32),
+        "azimuth": scene.angles[0], "elevation": scene.angles[1], "theta": scene.angles[2],
+        "distance": scene.angles[3],
+        "bbox": torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()], dtype=f32),
+        "category": "user",
+        "mesh_id": mesh_id,
+    }
+
+
+def raycast_samples(mesh_path: str | Path, n: int, level: int = 0, size: int | Sequence[int] = 128,
+                    seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    """``n`` ray-cast test samples of a mesh file at occlusion ``level`` (module docstring).
+
+    Scene ``i`` depends only on ``(seed, level, i)``.
+
+    Raises:
+        render.MeshError: the mesh file cannot be read.
+        ValueError: bad ``n``, ``level`` or ``size``.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n: expected an int >= 0, got {n!r}")
+    hw = (size, size) if isinstance(size, int) else tuple(int(x) for x in size)
+    if len(hw) != 2 or min(hw) < 8:
+        raise ValueError(f"size: expected a side or (H, W) of at least 8 pixels, got {size!r}")
+    if level not in OCCLUSION_LEVELS:
+        raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
+    verts, faces, _, _ = _canonical(mesh_path)
+    out = []
+    items = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc=f"ray-casting L{level}", unit="img", file=sys.stderr)
+    for i in items:
+        for attempt in range(20):
+            rng = np.random.default_rng([seed, level, i, attempt])
+            try:
+                scene = make_scene(verts, faces, hw, level, rng)
+                break
+            except RuntimeError:
+                continue
+        else:
+            raise RuntimeError(f"scene {i}: no viewpoint reached occlusion level {level} in 20 tries")
+        out.append(_sample(scene, Path(mesh_path).stem))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m datasets.raycast",
+                                description="Write test images of a mesh from the ray-casting renderer.")
+    p.add_argument("--mesh", required=True, help="mesh file (+y up, front to +z)")
+    p.add_argument("--out", required=True, help="output folder (PNGs and ground_truth.jsonl)")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--level", type=int, default=0, choices=sorted(OCCLUSION_LEVELS))
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.n < 1 or args.size < 8:
+        print("error: --n must be >= 1 and --size >= 8", file=sys.stderr)
+        return 2
+    import imageio.v3 as iio
+
+    try:
+        _, _, c, s = _canonical(args.mesh)
+        samples = raycast_samples(args.mesh, args.n, args.level, args.size, args.seed, progress=True)
+    except MeshError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, sample in enumerate(samples):
+        name = f"{i:04d}.png"
+        iio.imwrite(out / name, (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        K = sample["K"]
+        lines.append(json.dumps({
+            "image": name, "K": [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])],
+            "R": sample["R"].tolist(),
+            "t": file_frame_translation(sample["R"].double().numpy(), sample["t"].double().numpy(), c, s).tolist(),
+            "azimuth_deg": math.degrees(sample["azimuth"]), "elevation_deg": math.degrees(sample["elevation"]),
+            "theta_deg": math.degrees(sample["theta"]), "occlusion": sample["occlusion"],
+        }))
+    (out / "ground_truth.jsonl").write_text("\n".join(lines) + "\n")
+    print(f"wrote {len(samples)} images and ground_truth.jsonl to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
