@@ -46,3 +46,24 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
         assert 0.0 <= m["acc_pi6"] <= 1.0 and 0.0 <= m["median_deg"] <= 180.0
         assert m["s_per_image_batched"] > 0 and math.isfinite(m["s_per_image_single"])
     assert result["levels"]["L2"]["occlusion"] > 0.3  # level 2 hides 40-60% of the object
+
+
+def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
+    backbone = FeatureBackbone(BackboneConfig(arch="resnet18", width=8, feature_dim=16), seed=0)
+    nmesh = NeuralMesh.from_mesh(load_shape(CHAIR).mesh, num_verts=40, feature_dim=16, clutter_size=8,
+                                 generator=torch.Generator().manual_seed(0))
+    _, c, s = center_and_scale(load_mesh(CHAIR), center="bbox", scale="radius")
+    PoseModel(backbone, nmesh, (64, 64), 0.6, c, s).save(tmp_path / "model")
+    bench = load_bench()
+    seen = []
+    real = bench.test_set
+    monkeypatch.setattr(bench, "test_set", lambda *a: seen.append(a) or real(*a))
+    out = tmp_path / "r.json"
+    args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "1",
+            "--levels", "1", "--singles", "1", "--threads", "1", "--renderer", "raycast", "--json", str(out)]
+    assert bench.main(args) == 0
+    assert "ray-cast images" in capsys.readouterr().out
+    assert seen and seen[0][-1] == "raycast"
+    result = json.loads(out.read_text())
+    assert result["renderer"] == "raycast"
+    assert 0.2 <= result["levels"]["L1"]["occlusion"] <= 0.45
