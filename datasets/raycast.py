@@ -245,8 +245,8 @@ def _camera_rays(K: np.ndarray, R: np.ndarray, t: np.ndarray, size: tuple[int, i
 
 def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _Caster, K, R, t,
             size: tuple[int, int], rng: np.random.Generator, ss: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Shade the scene: ``(H, W, 3)`` image in [0, 1] and the role index of each pixel's
-    first hit (majority of its sub-samples; -1: nothing)."""
+    """Shade the scene: ``(H, W, 3)`` image in [0, 1] and, per pixel, the index in ``items``
+    of what most of its sub-samples hit first (-1: nothing)."""
     h, w = size
     origins, dirs = _camera_rays(K, R, t, size, ss)
     dist, face, bary = caster.cast(origins, dirs)
@@ -299,13 +299,11 @@ def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _C
     image = color.reshape(h, w, ss * ss, 3).mean(2)
     image = np.clip(image, 0, 1) ** (1 / 2.2)
     image = image * rng.uniform(0.8, 1.15) + rng.normal(0, rng.uniform(0.0, 0.02), image.shape)
-    roles = np.full(len(face), -1, dtype=np.int64)
-    roles[idx] = owner
-    roles = roles.reshape(h * w, ss * ss)
-    # the role hit by most sub-samples of each pixel
-    counts = np.stack([(roles == k).sum(1) for k in range(-1, len(items))], 1)
-    pixel_role = counts.argmax(1) - 1
-    return np.clip(image, 0, 1), pixel_role.reshape(h, w)
+    first = np.full(len(face), -1, dtype=np.int64)
+    first[idx] = owner
+    first = first.reshape(h * w, ss * ss)
+    counts = np.stack([(first == k).sum(1) for k in range(-1, len(items))], 1)
+    return np.clip(image, 0, 1), (counts.argmax(1) - 1).reshape(h, w)
 
 
 def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
