@@ -22,7 +22,7 @@ median rotation error per level and method, and seconds per image: render-and-co
 fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
 images one at a time (the "single" time, the default interactive case).
 
-    .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600]
+    .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600] [--occlusion 0 0.5]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--renderer raycast] [--json FILE]
 
@@ -148,6 +148,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mesh", default=str(REPO / "demos" / "data" / "chair.obj"))
     p.add_argument("--steps", type=int, default=BuildConfig.steps, help="training steps of both methods")
+    p.add_argument("--occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"), default=BuildConfig.occlusion,
+                   help="hidden fraction of the object under occluders in the training renders "
+                        "(BuildConfig.occlusion; default none)")
     p.add_argument("--n", type=int, default=40, help="test images per level")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=8)
@@ -169,12 +172,16 @@ def main(argv=None) -> int:
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
-    build = BuildConfig(steps=args.steps)
+    try:
+        build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion))
+    except ValueError as error:
+        p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
     model = PoseModel.load(args.model) if args.model else build_model(mesh, build, cache_dir=cache)
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True)
 
-    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "n": args.n, "loss": args.loss,
+    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "occlusion": list(build.occlusion), "n": args.n,
+                         "loss": args.loss,
                          "polish": args.polish, "renderer": args.renderer, "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n, args.renderer)
@@ -195,8 +202,10 @@ def main(argv=None) -> int:
         print(rows[-1], file=sys.stderr, flush=True)
 
     drawn = "renders" if args.renderer == "engine" else "ray-cast images (another renderer)"
+    low, high = build.occlusion
+    occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
-          f"{args.steps} training steps, {args.loss} loss, {torch.get_num_threads()} threads)\n")
+          f"{args.steps} training steps{occluders}, {args.loss} loss, {torch.get_num_threads()} threads)\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 |")
     print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:|")
     for row in rows:

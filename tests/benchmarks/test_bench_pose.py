@@ -67,3 +67,14 @@ def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     result = json.loads(out.read_text())
     assert result["renderer"] == "raycast"
     assert 0.2 <= result["levels"]["L1"]["occlusion"] <= 0.45
+
+
+def test_bench_pose_rejects_a_bad_occlusion_range(capsys):
+    bench = load_bench()
+    try:
+        bench.main(["--occlusion", "0.6", "0.2", "--no-regression", "--n", "1"])
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("expected exit 2")
+    assert "occlusion" in capsys.readouterr().err
