@@ -26,12 +26,17 @@ def load_bench():
     return module
 
 
-def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
+def save_tiny_model(directory: Path, num_verts: int) -> None:
+    """An untrained PoseModel of the chair, small enough to fit in a blink."""
     backbone = FeatureBackbone(BackboneConfig(arch="resnet18", width=8, feature_dim=16), seed=0)
-    nmesh = NeuralMesh.from_mesh(load_shape(CHAIR).mesh, num_verts=60, feature_dim=16, clutter_size=8,
+    nmesh = NeuralMesh.from_mesh(load_shape(CHAIR).mesh, num_verts=num_verts, feature_dim=16, clutter_size=8,
                                  generator=torch.Generator().manual_seed(0))
     _, c, s = center_and_scale(load_mesh(CHAIR), center="bbox", scale="radius")
-    PoseModel(backbone, nmesh, (64, 64), 0.6, c, s).save(tmp_path / "model")
+    PoseModel(backbone, nmesh, (64, 64), 0.6, c, s).save(directory)
+
+
+def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
+    save_tiny_model(tmp_path / "model", num_verts=60)
     bench = load_bench()
     out = tmp_path / "r.json"
     args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "2",
@@ -49,11 +54,7 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
 
 
 def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
-    backbone = FeatureBackbone(BackboneConfig(arch="resnet18", width=8, feature_dim=16), seed=0)
-    nmesh = NeuralMesh.from_mesh(load_shape(CHAIR).mesh, num_verts=40, feature_dim=16, clutter_size=8,
-                                 generator=torch.Generator().manual_seed(0))
-    _, c, s = center_and_scale(load_mesh(CHAIR), center="bbox", scale="radius")
-    PoseModel(backbone, nmesh, (64, 64), 0.6, c, s).save(tmp_path / "model")
+    save_tiny_model(tmp_path / "model", num_verts=40)
     bench = load_bench()
     seen = []
     real = bench.test_set
