@@ -244,9 +244,8 @@ def _camera_rays(K: np.ndarray, R: np.ndarray, t: np.ndarray, size: tuple[int, i
 
 
 def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _Caster, K, R, t,
-            size: tuple[int, int], rng: np.random.Generator, ss: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Shade the scene: ``(H, W, 3)`` image in [0, 1] and, per pixel, the index in ``items``
-    of what most of its sub-samples hit first (-1: nothing)."""
+            size: tuple[int, int], rng: np.random.Generator, ss: int = 2) -> np.ndarray:
+    """Shade the scene with ``ss x ss`` samples per pixel: ``(H, W, 3)`` in [0, 1]."""
     h, w = size
     origins, dirs = _camera_rays(K, R, t, size, ss)
     dist, face, bary = caster.cast(origins, dirs)
@@ -299,11 +298,7 @@ def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _C
     image = color.reshape(h, w, ss * ss, 3).mean(2)
     image = np.clip(image, 0, 1) ** (1 / 2.2)
     image = image * rng.uniform(0.8, 1.15) + rng.normal(0, rng.uniform(0.0, 0.02), image.shape)
-    first = np.full(len(face), -1, dtype=np.int64)
-    first[idx] = owner
-    first = first.reshape(h * w, ss * ss)
-    counts = np.stack([(first == k).sum(1) for k in range(-1, len(items))], 1)
-    return np.clip(image, 0, 1), (counts.argmax(1) - 1).reshape(h, w)
+    return np.clip(image, 0, 1)
 
 
 def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -419,12 +414,19 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
 
     verts = np.concatenate(soup_v)
     faces = np.concatenate(soup_f)
-    image, pixel_item = _render(items, verts, faces, _Caster(verts, faces), K, R, t, size, rng)
-    roles = np.array([it.role for it in items] + ["none"])
-    pixel_role = roles[pixel_item]  # -1 -> "none"
-    occ_mask = pixel_role == "occluder"
+    caster = _Caster(verts, faces)
+    image = _render(items, verts, faces, caster, K, R, t, size, rng)
+    # masks from the pixel centres (as the occluders were placed): what each centre sees first
+    _, first, _ = caster.cast(np.broadcast_to(cam, pixel_dirs.shape).copy(), pixel_dirs)
+    is_occluder = np.array([it.role == "occluder" for it in items] + [False])
+    owner = np.full(len(faces) + 1, len(items), dtype=np.int64)  # index -1 (miss) -> "nothing"
+    for k, item in enumerate(items):
+        owner[item.start:item.stop] = k
+    occ_mask = is_occluder[owner[first]].reshape(h, w)
     mask = amodal.reshape(h, w)
     occlusion = float((mask & occ_mask).sum() / mask.sum())
+    if level > 0 and not low <= occlusion <= high:  # e.g. the floor in front of an occluder
+        raise RuntimeError(f"occlusion {occlusion:.2f} outside level {level}")
     return RaycastScene(image=image, mask=mask, occluder_mask=occ_mask, occlusion=occlusion, K=K, R=R, t=t,
                         angles=(az, el, theta, dist))
 
