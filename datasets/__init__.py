@@ -1,6 +1,8 @@
 """datasets: the synthetic pose-data engine and loaders for real pose datasets.
 
 Every dataset yields samples following one schema (:mod:`datasets.schema`).
+:mod:`datasets.raycast` draws test images with a second, independent renderer
+(``from datasets.raycast import raycast_samples``).
 """
 
 import importlib
