@@ -61,12 +61,11 @@ def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str =
     """``n`` held-out samples of ``mesh`` at occlusion ``level``, drawn by the synthetic
     engine (``"engine"``) or by :mod:`datasets.raycast` (``"raycast"``: another renderer
     with its own shading, 3D scenes and 3D occluders)."""
-    from datasets.synthetic import SyntheticConfig, SyntheticDataset
-
     if renderer == "raycast":
         from datasets.raycast import raycast_samples
 
         return raycast_samples(mesh, n, level, build.image_size, seed=TEST_SEED)
+    from datasets.synthetic import SyntheticConfig, SyntheticDataset
     from neural_mesh.training import synthetic_data
 
     # the engine's default scenes at the build's image size, whatever the build's scene

@@ -47,8 +47,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import trimesh
 
-from render import MeshError, angles_to_pose, center_and_scale, load_mesh
+from render import Mesh, MeshError, angles_to_pose, center_and_scale, load_mesh
 
 from .randomize import OCCLUSION_LEVELS
 
@@ -195,7 +196,6 @@ class _Item:
 
 
 def _primitive(rng: np.random.Generator, size: float):
-    import trimesh
 
     kind = rng.choice(["box", "sphere", "cylinder", "capsule"])
     if kind == "box":
@@ -243,9 +243,10 @@ def _camera_rays(K: np.ndarray, R: np.ndarray, t: np.ndarray, size: tuple[int, i
     return np.broadcast_to(origin, dirs.shape).copy(), dirs
 
 
-def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _Caster, K, R, t,
-            size: tuple[int, int], rng: np.random.Generator, ss: int = 2) -> np.ndarray:
-    """Shade the scene with ``ss x ss`` samples per pixel: ``(H, W, 3)`` in [0, 1]."""
+def _render(items: list[_Item], item_of: np.ndarray, verts: np.ndarray, faces: np.ndarray, caster: _Caster,
+            K, R, t, size: tuple[int, int], rng: np.random.Generator, ss: int = 2) -> np.ndarray:
+    """Shade the scene with ``ss x ss`` samples per pixel: ``(H, W, 3)`` in [0, 1].
+    ``item_of`` maps each face to its index in ``items``."""
     h, w = size
     origins, dirs = _camera_rays(K, R, t, size, ss)
     dist, face, bary = caster.cast(origins, dirs)
@@ -257,9 +258,6 @@ def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _C
     sky_top, sky_bottom = _hsv(rng, val=(0.4, 1.0)), _hsv(rng, val=(0.2, 0.8))
     rows = np.repeat(np.arange(h), w * ss * ss) / max(h - 1, 1)
     color = sky_top * (1 - rows[:, None]) + sky_bottom * rows[:, None]
-    item_of = np.full(len(faces), -1, dtype=np.int64)
-    for k, item in enumerate(items):
-        item_of[item.start:item.stop] = k
     idx = np.nonzero(hit)[0]
     f = face[idx]
     tri = verts[faces[f]]  # (n, 3, 3)
@@ -302,6 +300,7 @@ def _render(items: list[_Item], verts: np.ndarray, faces: np.ndarray, caster: _C
 
 
 def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals (trimesh's are angle-weighted)."""
     fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
     vn = np.zeros_like(verts)
     for k in range(3):
@@ -309,18 +308,9 @@ def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return vn / np.linalg.norm(vn, axis=1, keepdims=True).clip(1e-12)
 
 
-def _object_hits(caster: _Caster, K, R, t, size) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel centre: distance to the object (inf: miss) and the ray directions."""
-    origins, dirs = _camera_rays(K, R, t, size, 1)
-    dist, _, _ = caster.cast(origins, dirs)
-    return dist, dirs
-
-
 def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, int], level: int,
                rng: np.random.Generator, max_tries: int = 60) -> RaycastScene:
     """One scene of the canonical-frame mesh at occlusion ``level`` (0-3)."""
-    import trimesh
-
     if level not in OCCLUSION_LEVELS:
         raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
     h, w = size
@@ -367,8 +357,9 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
     wall.apply_translation(back * rng.uniform(2.5, 8.0))
     add("wall", np.asarray(wall.vertices), np.asarray(wall.faces), False, _material(rng, 4.0))
 
-    object_caster = _Caster(obj_verts, obj_faces)
-    obj_dist, pixel_dirs = _object_hits(object_caster, K, R, t, size)
+    # one ray through each pixel centre: placement and masks are measured on these
+    origins, pixel_dirs = _camera_rays(K, R, t, size, 1)
+    obj_dist, _, _ = _Caster(obj_verts, obj_faces).cast(origins, pixel_dirs)
     amodal = np.isfinite(obj_dist)
     if not amodal.any():
         raise RuntimeError("the object misses the image")
@@ -381,9 +372,10 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
         centre = offset * rng.uniform(1.8, 3.5)
         centre[1] = floor_y - prim.bounds[0, 1] if items[1].role == "floor" else rng.uniform(-0.5, 0.5)
         prim.apply_translation(centre)
-        d, _, _ = _Caster(np.asarray(prim.vertices), np.asarray(prim.faces)).cast(
-            np.broadcast_to(cam, pixel_dirs.shape).copy(), pixel_dirs)
-        if not (d[amodal] < obj_dist[amodal]).any() and np.linalg.norm(cam - centre) > 1.5:
+        if np.linalg.norm(cam - centre) <= 1.5:
+            continue
+        d, _, _ = _Caster(np.asarray(prim.vertices), np.asarray(prim.faces)).cast(origins, pixel_dirs)
+        if not (d[amodal] < obj_dist[amodal]).any():
             add("distractor", np.asarray(prim.vertices), np.asarray(prim.faces), smooth)
     # occluders between the camera and the object until the level's range is reached
     low, high = OCCLUSION_LEVELS[level]
@@ -398,10 +390,9 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
         scale = rng.uniform(0.3, 1.1) * along
         prim, smooth = _primitive(rng, scale)
         prim.apply_translation(cam + along * (target - cam))
-        d, _, _ = _Caster(np.asarray(prim.vertices), np.asarray(prim.faces)).cast(
-            np.broadcast_to(cam, pixel_dirs.shape).copy(), pixel_dirs)
         if (np.linalg.norm(prim.vertices - cam, axis=1) < 0.3).any():
             continue
+        d, _, _ = _Caster(np.asarray(prim.vertices), np.asarray(prim.faces)).cast(origins, pixel_dirs)
         now = hidden | (d < obj_dist)
         if now[amodal].mean() > high:
             continue
@@ -414,15 +405,13 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
 
     verts = np.concatenate(soup_v)
     faces = np.concatenate(soup_f)
+    item_of = np.concatenate([np.full(it.stop - it.start, k, dtype=np.int64) for k, it in enumerate(items)])
     caster = _Caster(verts, faces)
-    image = _render(items, verts, faces, caster, K, R, t, size, rng)
+    image = _render(items, item_of, verts, faces, caster, K, R, t, size, rng)
     # masks from the pixel centres (as the occluders were placed): what each centre sees first
-    _, first, _ = caster.cast(np.broadcast_to(cam, pixel_dirs.shape).copy(), pixel_dirs)
-    is_occluder = np.array([it.role == "occluder" for it in items] + [False])
-    owner = np.full(len(faces) + 1, len(items), dtype=np.int64)  # index -1 (miss) -> "nothing"
-    for k, item in enumerate(items):
-        owner[item.start:item.stop] = k
-    occ_mask = is_occluder[owner[first]].reshape(h, w)
+    _, first, _ = caster.cast(origins, pixel_dirs)
+    is_occluder = np.array([it.role == "occluder" for it in items])
+    occ_mask = ((first >= 0) & is_occluder[item_of[first]]).reshape(h, w)
     mask = amodal.reshape(h, w)
     occlusion = float((mask & occ_mask).sum() / mask.sum())
     if level > 0 and not low <= occlusion <= high:  # e.g. the floor in front of an occluder
@@ -434,8 +423,7 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
 # --------------------------------------------------------------------------- samples
 
 
-def _canonical(mesh_path: str | Path):
-    mesh = load_mesh(mesh_path)
+def _canonical(mesh: Mesh):
     canon, c, s = center_and_scale(mesh, center="bbox", scale="radius")
     return canon.verts.double().numpy(), canon.faces.long().numpy(), c.double().numpy(), float(s)
 
@@ -466,9 +454,10 @@ def _sample(scene: RaycastScene, mesh_id: str) -> dict[str, Any]:
     }
 
 
-def raycast_samples(mesh_path: str | Path, n: int, level: int = 0, size: int | Sequence[int] = 128,
+def raycast_samples(mesh: str | Path | Mesh, n: int, level: int = 0, size: int | Sequence[int] = 128,
                     seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
-    """``n`` ray-cast test samples of a mesh file at occlusion ``level`` (module docstring).
+    """``n`` ray-cast test samples of a mesh (a file, or a loaded :class:`render.Mesh`) at
+    occlusion ``level`` (module docstring).
 
     Scene ``i`` depends only on ``(seed, level, i)``.
 
@@ -483,7 +472,10 @@ def raycast_samples(mesh_path: str | Path, n: int, level: int = 0, size: int | S
         raise ValueError(f"size: expected a side or (H, W) of at least 8 pixels, got {size!r}")
     if level not in OCCLUSION_LEVELS:
         raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
-    verts, faces, _, _ = _canonical(mesh_path)
+    if not isinstance(mesh, Mesh):
+        mesh = load_mesh(mesh)
+    verts, faces, _, _ = _canonical(mesh)
+    mesh_id = Path(mesh.name).stem or mesh.name
     out = []
     items = range(n)
     if progress:
@@ -500,7 +492,7 @@ def raycast_samples(mesh_path: str | Path, n: int, level: int = 0, size: int | S
                 continue
         else:
             raise RuntimeError(f"scene {i}: no viewpoint reached occlusion level {level} in 20 tries")
-        out.append(_sample(scene, Path(mesh_path).stem))
+        out.append(_sample(scene, mesh_id))
     return out
 
 
@@ -520,11 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import imageio.v3 as iio
 
     try:
-        _, _, c, s = _canonical(args.mesh)
-        samples = raycast_samples(args.mesh, args.n, args.level, args.size, args.seed, progress=True)
+        mesh = load_mesh(args.mesh)
     except MeshError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    _, _, c, s = _canonical(mesh)
+    samples = raycast_samples(mesh, args.n, args.level, args.size, args.seed, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = []
