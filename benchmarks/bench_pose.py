@@ -46,6 +46,7 @@ from neural_mesh.build import BuildConfig, build_model, cache_key, default_cache
 from neural_mesh.fitting import LOSSES, FitConfig
 from neural_mesh.metrics import rotation_error
 from neural_mesh.model import PoseModel
+from neural_mesh.neural_mesh import ModelError
 from render.allocator import tune_cpu_allocator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +133,7 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool):
     """The regression baseline trained on the build's data, backbone and steps (cached)."""
     from neural_mesh.backbones import PRESETS
     from neural_mesh.regression import RegressionConfig, load_regressor, train_regressor
+    from neural_mesh.training import default_workers
 
     directory = cache / "regressors" / cache_key(mesh, build)
     if (directory / "regressor.json").is_file():
@@ -139,8 +141,22 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool):
     config = RegressionConfig(backbone=PRESETS[build.backbone], batch_size=build.batch_size, steps=build.steps,
                               lr=build.lr, seed=build.seed)
     data = build.train_config(mesh).data
-    result = train_regressor(config, directory, data=data, progress=progress)
+    result = train_regressor(config, directory, data=data, progress=progress, workers=default_workers())
     return result.model
+
+
+def model_build(model: PoseModel, fallback: BuildConfig) -> tuple[BuildConfig, int | str]:
+    """The :class:`BuildConfig` a model was built with and its training steps (from its
+    ``meta``); ``fallback`` and the recorded steps (or ``"?"``) for a model trained
+    otherwise (``demos/train_nemo.py``)."""
+    recorded = model.meta.get("build_config")
+    if isinstance(recorded, dict):
+        try:
+            build = BuildConfig(**recorded)
+            return build, build.steps
+        except (TypeError, ValueError):
+            pass
+    return fallback, model.meta.get("train_steps", "?")
 
 
 def main(argv=None) -> int:
@@ -176,10 +192,19 @@ def main(argv=None) -> int:
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
-    model = PoseModel.load(args.model) if args.model else build_model(mesh, build, cache_dir=cache)
+    steps = args.steps
+    if args.model:
+        try:
+            model = PoseModel.load(args.model)
+        except ModelError as error:
+            p.error(str(error))
+        # describe (and train the baseline like) the model's own build, when it has one
+        build, steps = model_build(model, build)
+    else:
+        model = build_model(mesh, build, cache_dir=cache)
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True)
 
-    rows, results = [], {"mesh": mesh.name, "steps": args.steps, "occlusion": list(build.occlusion), "n": args.n,
+    rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion), "n": args.n,
                          "loss": args.loss,
                          "polish": args.polish, "renderer": args.renderer, "levels": {}}
     for level in args.levels:
@@ -204,7 +229,7 @@ def main(argv=None) -> int:
     low, high = build.occlusion
     occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
-          f"{args.steps} training steps{occluders}, {args.loss} loss, {torch.get_num_threads()} threads)\n")
+          f"{steps} training steps{occluders}, {args.loss} loss, {torch.get_num_threads()} threads)\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 |")
     print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:|")
     for row in rows:

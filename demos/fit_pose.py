@@ -15,7 +15,7 @@ and ``X_cam`` the OpenCV camera frame (x right, y down, z forward); see
 :meth:`neural_mesh.model.PoseModel.save` is used (a warning is printed when it was built
 for another mesh file). Without it, one is built from the mesh
 (:func:`neural_mesh.build.build_model`: NeMo trained on synthetic renders of the mesh;
-about 8-10 minutes on 2 CPU cores with the defaults, progress on stderr) and cached in
+about 7 minutes on 2 CPU cores with the defaults, progress on stderr) and cached in
 ``--cache DIR`` (default ``$MESHPOSE_CACHE`` or ``~/.cache/meshpose``), keyed by the
 mesh file's content and the build settings, so later runs start at once.
 ``--build-steps`` and ``--build-size`` change the build settings (fewer steps or smaller
@@ -54,7 +54,7 @@ are written atomically.
 the camera of ``demos/data/chair_example.json`` and the mesh ``demos/data/chair.obj``,
 writes ``outputs/fit_pose/`` in the repository (or ``--out``), and prints the fitted
 pose, the true pose and the rotation and translation errors. The first run builds the
-chair's model (about 10 minutes), later runs reuse it.
+chair's model (about 7 minutes), later runs reuse it.
 
 **Errors.** Bad input (a missing or unreadable image or mesh, bad intrinsics or box, a
 missing or corrupt model directory, conflicting options) gives a one-line error
@@ -306,7 +306,7 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
         log(f"{PROG}: using the cached pose model {target}")
     else:
         log(f"{PROG}: building a pose model for {mesh_path} ({config.steps} training steps on "
-            f"{config.image_size} x {config.image_size} renders; about 10 minutes on 2 CPU cores with the "
+            f"{config.image_size} x {config.image_size} renders; about 7 minutes on 2 CPU cores with the "
             f"defaults, once); it will be cached in {target}")
     return build_model(mesh_path, config, cache_dir=cache, progress=True)
 

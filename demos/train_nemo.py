@@ -5,7 +5,7 @@ Usage::
     python demos/train_nemo.py --mesh demos/data/chair.obj --out runs/chair
         [--steps 2000] [--batch-size 8] [--image-size 128] [--backbone small]
         [--lr 1e-3] [--num-verts 1000] [--seed 0] [--checkpoint-every 100]
-        [--workers 0] [--threads T] [--paper] [--device cpu|cuda] [--no-progress]
+        [--workers N] [--threads T] [--paper] [--device cpu|cuda] [--no-progress]
     python demos/train_nemo.py --categories car chair --out runs/cats ...
     python demos/train_nemo.py --resume --out runs/chair [--steps 4000]
     torchrun --nproc_per_node 2 demos/train_nemo.py --mesh m.obj --out runs/m ...
@@ -41,6 +41,7 @@ import torch.distributed
 from neural_mesh.backbones import PRESETS
 from neural_mesh.training import (
     TrainConfig,
+    default_workers,
     init_distributed,
     load_run_config,
     synthetic_data,
@@ -75,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of weights, banks, data and sampling (default 0)")
     p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 100)")
     p.add_argument("--paper", action="store_true", help="start from NeMo's published settings")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    p.add_argument("--workers", type=int, help="data-loading processes (default: one on a CPU with 2+ cores, "
+                   "the cores but one on a GPU; 0 under torchrun)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         print(f"{PROG}: error: --workers: expected >= 0, got {args.workers}", file=sys.stderr)
         return 2
     if args.threads:
@@ -150,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = train(config, args.out, device=device, resume=args.resume, workers=args.workers,
+        workers = default_workers(device) if args.workers is None else args.workers
+        result = train(config, args.out, device=device, resume=args.resume, workers=workers,
                        progress=not args.no_progress, should_stop=lambda: interrupted["count"] > 0)
     except ValueError as e:
         if rank == 0:  # every rank meets the same error; one line is enough

@@ -33,7 +33,7 @@ import torch
 from .backbones import OUTPUT_STRIDES, PRESETS
 from .model import MODEL_VERSION, PoseModel, box_fraction_of
 from .neural_mesh import ModelError, file_sha256
-from .training import LR_SCHEDULES, TrainConfig, synthetic_data, train
+from .training import LR_SCHEDULES, TrainConfig, default_workers, synthetic_data, train
 
 __all__ = ["BuildConfig", "build_model", "cache_key", "default_cache_dir", "model_cache_path"]
 
@@ -46,9 +46,9 @@ class BuildConfig:
     """Settings of :func:`build_model` (all enter the cache key).
 
     The defaults train the ``small`` backbone for 1,000 steps of 8 renders at 128 x 128
-    pixels: about 8 minutes on 2 idle CPU cores. They were chosen on 24 held-out renders
-    per level of the bundled chair (``benchmarks/bench_pose.py``'s test sets, default
-    fitting): objects drawn larger than the engine's default (distances 3.4-5 instead of
+    pixels: about 7 minutes on 2 idle CPU cores (one of them rendering). They were chosen
+    on 24 held-out renders per level of the bundled chair (``benchmarks/bench_pose.py``'s
+    test sets, default fitting): objects drawn larger than the engine's default (distances 3.4-5 instead of
     4-6: about 12 instead of 10 feature cells across), then 400 instead of NeMo's 1,000
     vertices (about two per feature cell instead of five), took L0 from 71% Acc@pi/6 and
     14 deg median error to 71% and 10 deg, and L2 from 12% to 25% to 33%. Raising the
@@ -182,6 +182,7 @@ def build_model(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    workers: int | None = None,
 ) -> PoseModel:
     """The :class:`PoseModel` of a mesh file: from the cache, or trained and cached.
 
@@ -191,6 +192,9 @@ def build_model(
         cache_dir: cache root (default :func:`default_cache_dir`).
         progress: show the training progress bar (stderr).
         device: where to train.
+        workers: processes rendering the next batches while the backbone trains
+            (default :func:`neural_mesh.training.default_workers`: one on a CPU with two
+            or more cores). The model is the same up to float summation order.
 
     Raises:
         render.MeshError: a missing, unreadable or degenerate mesh file (naming it).
@@ -214,7 +218,8 @@ def build_model(
     run_dir = target.parent.parent / "runs" / target.name
     train_config = config.train_config(mesh_path)
     resume = (run_dir / "run.json").is_file()
-    result = train(train_config, run_dir, device=device, resume=resume, progress=progress)
+    workers = default_workers(device) if workers is None else int(workers)
+    result = train(train_config, run_dir, device=device, resume=resume, progress=progress, workers=workers)
     name = next(iter(result.meshes))
     nmesh = result.meshes[name]
 

@@ -89,7 +89,7 @@ from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
 from .neural_mesh import ModelError, atomic_directory, file_sha256
-from .training import batch_indices
+from .training import batch_indices, training_threads
 
 __all__ = [
     "ANGLE_NAMES",
@@ -414,10 +414,22 @@ def build_regression_data(data: Mapping[str, Any]) -> torch.utils.data.Dataset:
     return SyntheticDataset(config, seed=int(data["seed"]), length=int(data["length"]))
 
 
-def _collate(dataset: torch.utils.data.Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+class _Batches(torch.utils.data.Dataset):
+    """``dataset`` with each sample paired with its index (for error messages)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any]]:
+        return i, self.dataset[i]
+
+
+def _collate_items(items: list[tuple[int, dict[str, Any]]]) -> tuple[torch.Tensor, torch.Tensor]:
     images, angles = [], []
-    for i in indices:
-        sample = dataset[i]
+    for i, sample in items:
         missing = [k for k in ("image", *ANGLE_NAMES) if k not in sample]
         if missing:
             raise ValueError(f"sample {i}: missing {missing} (the regressor needs the image and angles)")
@@ -453,6 +465,7 @@ def train_regressor(
     data: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    workers: int = 0,
 ) -> RegressorResult:
     """Train a :class:`PoseRegressor` with Adam and :func:`regression_loss`; save it to
     ``out_dir`` (:func:`save_regressor`) at the end.
@@ -471,6 +484,9 @@ def train_regressor(
             (:func:`build_regression_data`).
         device: ``"cpu"``, ``"cuda"``, ...
         progress: show a tqdm bar.
+        workers: DataLoader processes rendering the next batches while the model trains
+            (0: in this process; on a CPU this process then trains with ``workers``
+            threads fewer, :func:`neural_mesh.training.training_threads`).
 
     Raises:
         ValueError: neither or both of ``dataset`` / ``data``, an empty dataset, samples
@@ -495,22 +511,24 @@ def train_regressor(
 
         bar = tqdm(total=config.steps, unit="step", desc="regression train", dynamic_ncols=True)
     losses: list[float] = []
+    steps = [batch_indices(step, config.batch_size, length, config.seed, shuffle) for step in range(config.steps)]
+    loader = torch.utils.data.DataLoader(_Batches(dataset), batch_sampler=steps, collate_fn=_collate_items,
+                                         num_workers=workers)
     t0 = time.perf_counter()
-    try:
-        for step in range(config.steps):
-            indices = batch_indices(step, config.batch_size, length, config.seed, shuffle)
-            images, angles = _collate(dataset, indices)
-            total, _ = regression_loss(model(images.to(device)), angles.to(device), config)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            losses.append(float(total.detach()))
+    with training_threads(workers, device):
+        try:
+            for images, angles in loader:
+                total, _ = regression_loss(model(images.to(device)), angles.to(device), config)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                losses.append(float(total.detach()))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     elapsed = time.perf_counter() - t0
     save_regressor(model, out_dir)
     return RegressorResult(model, losses, elapsed / config.steps if config.steps else 0.0)

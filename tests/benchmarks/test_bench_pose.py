@@ -26,17 +26,18 @@ def load_bench():
     return module
 
 
-def save_tiny_model(directory: Path, num_verts: int) -> None:
+def save_tiny_model(directory: Path, num_verts: int, meta: dict | None = None) -> None:
     """An untrained PoseModel of the chair, small enough to fit in a blink."""
     backbone = FeatureBackbone(BackboneConfig(arch="resnet18", width=8, feature_dim=16), seed=0)
     nmesh = NeuralMesh.from_mesh(load_shape(CHAIR).mesh, num_verts=num_verts, feature_dim=16, clutter_size=8,
                                  generator=torch.Generator().manual_seed(0))
     _, c, s = center_and_scale(load_mesh(CHAIR), center="bbox", scale="radius")
-    PoseModel(backbone, nmesh, (64, 64), 0.6, c, s).save(directory)
+    PoseModel(backbone, nmesh, (64, 64), 0.6, c, s, meta=meta or {}).save(directory)
 
 
 def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
-    save_tiny_model(tmp_path / "model", num_verts=60)
+    build = {"steps": 3000, "occlusion": [0.0, 0.5]}
+    save_tiny_model(tmp_path / "model", num_verts=60, meta={"build_config": build, "train_steps": 3000})
     bench = load_bench()
     out = tmp_path / "r.json"
     args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "2",
@@ -44,8 +45,11 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
     assert bench.main(args) == 0
     table = capsys.readouterr().out
     assert "| L0" in table and "| L2" in table and "render_and_compare" in table and "nemo loss" in table
+    # the title and the JSON describe the model's own build, not the --steps default
+    assert "3000 training steps with 0%-50% occluded training renders" in table
     result = json.loads(out.read_text())
     assert result["loss"] == "nemo" and set(result["levels"]) == {"L0", "L2"}
+    assert result["steps"] == 3000 and result["occlusion"] == [0.0, 0.5]
     for level in result["levels"].values():
         m = level["render_and_compare"]
         assert 0.0 <= m["acc_pi6"] <= 1.0 and 0.0 <= m["median_deg"] <= 180.0
@@ -63,7 +67,9 @@ def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "1",
             "--levels", "1", "--singles", "1", "--threads", "1", "--renderer", "raycast", "--json", str(out)]
     assert bench.main(args) == 0
-    assert "ray-cast images" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "ray-cast images" in table
+    assert "? training steps" in table  # a model with no recorded training
     assert seen and seen[0][-1] == "raycast"
     result = json.loads(out.read_text())
     assert result["renderer"] == "raycast"
@@ -79,3 +85,14 @@ def test_bench_pose_rejects_a_bad_occlusion_range(capsys):
     else:
         raise AssertionError("expected exit 2")
     assert "occlusion" in capsys.readouterr().err
+
+
+def test_bench_pose_rejects_a_bad_model_directory(tmp_path, capsys):
+    bench = load_bench()
+    try:
+        bench.main(["--model", str(tmp_path / "nothing"), "--no-regression", "--n", "1"])
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("expected exit 2")
+    assert "nothing" in capsys.readouterr().err

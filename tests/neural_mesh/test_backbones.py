@@ -81,6 +81,21 @@ def test_gradient_flows_to_all_parameters_and_input():
         assert bool(p.grad.abs().sum() > 0), name
 
 
+def test_channels_last_layout_gives_the_default_layouts_features():
+    net = FeatureBackbone(BackboneConfig(**TINY), seed=0).eval()
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(2, 3, 40, 56)
+    feats = net(images)
+    assert feats.is_contiguous()
+    # its weights loaded into a copy whose weights are in the default layout (as a
+    # checkpoint saved from another layout would be): the same features
+    plain = FeatureBackbone(BackboneConfig(**TINY), seed=1).eval()
+    plain.to(memory_format=torch.contiguous_format)
+    plain.load_state_dict(net.state_dict())
+    assert plain.conv1.weight.is_contiguous()
+    assert_close(plain(images), feats, atol=1e-5, rtol=0)
+
+
 def test_forward_pooled_gradient():
     net = FeatureBackbone(BackboneConfig(**TINY), seed=0).train()
     out = net.forward_pooled(torch.rand(2, 3, 32, 32))

@@ -249,6 +249,17 @@ def test_training_order_and_progress_bar(tmp_path, capsys):
     assert (tmp_path / "m" / REGRESSOR_WEIGHTS_FILE).is_file()
 
 
+def test_worker_processes_give_the_same_training(tmp_path):
+    data = synthetic_data((32, 32), mesh=CHAIR)
+    config = _config(steps=3, batch_size=2)
+    here = train_regressor(config, tmp_path / "a", data=data, progress=False)
+    there = train_regressor(config, tmp_path / "b", data=data, progress=False, workers=1)
+    assert there.losses == here.losses
+    assert torch.get_num_threads() == 1
+    for (name, a), (_, b) in zip(here.model.state_dict().items(), there.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_train_regressor_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="exactly one of dataset= and data="):
         train_regressor(_config(), tmp_path / "a", progress=False)

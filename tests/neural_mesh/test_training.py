@@ -26,6 +26,7 @@ from neural_mesh.training import (
     learning_rate,
     background_cells,
     batch_indices,
+    default_workers,
     build_data,
     load_checkpoint,
     load_run_config,
@@ -38,6 +39,7 @@ from neural_mesh.training import (
     sample_vertex_features,
     synthetic_data,
     train,
+    training_threads,
     update_vertex_bank,
     vertex_cells,
     vertex_feature_sums,
@@ -350,6 +352,46 @@ def test_resume_continues_exactly(tmp_path):
     assert ckpt_b.meshes["chair"].meta["trained_steps"] == 6
     # keep_checkpoints = 2: steps 3 and 6 remain
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
+
+
+def test_worker_processes_give_the_same_run(tmp_path):
+    # samples and background cells depend on the position alone, so a run whose batches
+    # are rendered by another process is the same run (this process keeps its one thread:
+    # training_threads never goes below one)
+    config = tiny_config(steps=3, checkpoint_every=3)
+    here = train(config, tmp_path / "a", progress=False)
+    there = train(config, tmp_path / "b", progress=False, workers=1)
+    assert torch.get_num_threads() == 1
+    assert there.losses == here.losses
+    assert_same_state(state_of(tmp_path / "a")[1], state_of(tmp_path / "b")[1])
+
+
+def test_training_threads_leave_cores_to_workers_and_restore():
+    torch.set_num_threads(3)
+    with training_threads(2, "cpu"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 3
+    with training_threads(1, "cpu"):
+        assert torch.get_num_threads() == 2
+    with training_threads(0, "cpu"):
+        assert torch.get_num_threads() == 3
+    with pytest.raises(RuntimeError, match="boom"), training_threads(5, "cpu"):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 3
+
+
+def test_default_workers_policy(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_workers("cpu") == 1
+    assert default_workers("cuda") == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert default_workers("cpu") == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert default_workers("cpu") == 1 and default_workers("cuda") == 8
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert default_workers("cpu") == 0 and default_workers("cuda") == 0
 
 
 def test_run_directory_errors(tmp_path):
