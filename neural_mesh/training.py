@@ -997,8 +997,9 @@ class _StepSampler(torch.utils.data.Sampler):
 
 
 def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the training process (``should_stop``): a
-    worker killed by it would end the run with an error instead of a checkpoint."""
+    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the training
+    process and its ``should_stop``: a worker would otherwise run the handler it inherited
+    by forking, or die of ``KeyboardInterrupt`` and fail a trainer waiting for its data."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

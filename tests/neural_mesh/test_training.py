@@ -594,6 +594,38 @@ def test_cli_smoke_two_steps(tmp_path):
     assert ckpt.step == 2 and list(ckpt.meshes) == ["chair"]
 
 
+def test_cli_ctrl_c_with_a_render_worker_stops_at_a_checkpoint(tmp_path):
+    # Ctrl-C in a terminal signals the whole process group, the rendering worker too: the
+    # worker must leave it to the trainer, which finishes its step and checkpoints
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--mesh", str(CHAIR), "--out", str(out), "--image-size", "32",
+         "--batch-size", "2", "--num-verts", "100", "--steps", "100000", "--checkpoint-every", "1",
+         "--threads", "1", "--workers", "1", "--no-progress"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "latest.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    # said once: by the trainer (a forked worker would inherit the CLI's handler and say it too)
+    assert stderr.count("stopping after this step") == 1 and "stopped at step" in stdout
+    ckpt = load_checkpoint(out)
+    assert 1 <= ckpt.step < 100000
+    assert f"model: {out / 'checkpoints' / f'step_{ckpt.step:08d}'}" in stdout
+
+
 def test_cli_resumes_and_rejects_a_mismatch(tmp_path, cli, capsys):
     out = tmp_path / "run"
     assert cli(["--mesh", str(CHAIR), "--out", str(out), "--image-size", "32", "--batch-size", "2",
