@@ -240,4 +240,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    torch.set_flush_denormal(True)  # before torch starts its threads (neural_mesh.training.flush_denormals)
     sys.exit(main())

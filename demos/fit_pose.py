@@ -453,4 +453,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     tune_cpu_allocator()
+    torch.set_flush_denormal(True)  # before torch starts its threads (neural_mesh.training.flush_denormals)
     sys.exit(main())

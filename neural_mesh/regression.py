@@ -89,7 +89,7 @@ from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
 from .neural_mesh import ModelError, atomic_directory, file_sha256
-from .training import batch_indices, training_threads
+from .training import batch_indices, flush_denormals, training_threads
 
 __all__ = [
     "ANGLE_NAMES",
@@ -515,7 +515,7 @@ def train_regressor(
     loader = torch.utils.data.DataLoader(_Batches(dataset), batch_sampler=steps, collate_fn=_collate_items,
                                          num_workers=workers)
     t0 = time.perf_counter()
-    with training_threads(workers, device):
+    with training_threads(workers, device), flush_denormals():
         try:
             for images, angles in loader:
                 total, _ = regression_loss(model(images.to(device)), angles.to(device), config)

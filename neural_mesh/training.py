@@ -161,6 +161,7 @@ __all__ = [
     "train",
     "default_workers",
     "training_threads",
+    "flush_denormals",
     "save_checkpoint",
     "load_checkpoint",
     "load_run_config",
@@ -1426,6 +1427,30 @@ def training_threads(workers: int, device: str | torch.device = "cpu"):
         torch.set_num_threads(before)
 
 
+def _flushing_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (torch has no getter)."""
+    return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats (below about 1e-38) to zero on the CPU while training;
+    the previous mode is restored on exit.
+
+    As training goes on, some gradients become denormal and the CPU's slow path for
+    them made a late step of a long build about 1.7x slower than an early one (one
+    thread: 0.41 s vs 0.24 s forward + backward of a trained vs flushed backbone). The
+    mode is per thread: threads the process starts later (torch's intra-op pool) take
+    it from their creator, so command-line tools set it before any work
+    (``torch.set_flush_denormal(True)``)."""
+    before = _flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -1559,7 +1584,7 @@ def train(
     step = start
     stopped = False
     t0 = time.perf_counter()
-    with training_threads(workers, device):
+    with training_threads(workers, device), flush_denormals():
         try:
             for batch in loader:
                 for group in optimizer.param_groups:

@@ -27,6 +27,7 @@ from neural_mesh.training import (
     background_cells,
     batch_indices,
     default_workers,
+    flush_denormals,
     build_data,
     load_checkpoint,
     load_run_config,
@@ -379,6 +380,22 @@ def test_training_threads_leave_cores_to_workers_and_restore():
         assert torch.get_num_threads() == 1
         raise RuntimeError("boom")
     assert torch.get_num_threads() == 3
+
+
+def test_flush_denormals_flushes_inside_and_restores():
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    tiny = torch.tensor([1e-40])  # a float32 denormal
+    assert float(tiny * 1.0) != 0.0  # the default: kept
+    with flush_denormals():
+        assert float(tiny * 1.0) == 0.0
+        with flush_denormals():
+            pass
+        assert float(tiny * 1.0) == 0.0  # the inner exit restores the outer state
+    assert float(tiny * 1.0) != 0.0
+    with pytest.raises(RuntimeError, match="boom"), flush_denormals():
+        raise RuntimeError("boom")
+    assert float(tiny * 1.0) != 0.0
 
 
 def test_default_workers_policy(monkeypatch):
