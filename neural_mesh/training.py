@@ -1401,9 +1401,9 @@ def _diff_paths(a: Any, b: Any, path: str) -> list[str]:
 def default_workers(device: str | torch.device = "cpu") -> int:
     """How many data-loading processes :func:`neural_mesh.build.build_model` and
     ``demos/train_nemo.py`` use by default: on a CPU, one (it renders the next batches
-    while the training process, one thread fewer, runs the backbone: on 2 cores, 0.47
-    instead of 0.76-0.81 s per step of the default build with occluders), none on a
-    single core; on a GPU, the CPU cores but one (up to 8): rendering is the bottleneck
+    while the training process, one thread fewer, runs the backbone: rendering and the
+    backbone take comparable time per step, so the step costs about the larger of the
+    two instead of their sum), none on a single core; on a GPU, the CPU cores but one (up to 8): rendering is the bottleneck
     there. Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks share the cores: none."""
     cores = os.cpu_count() or 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -1438,9 +1438,9 @@ def flush_denormals():
     the previous mode is restored on exit.
 
     As training goes on, some gradients become denormal and the CPU's slow path for
-    them made a late step of a long build about 1.7x slower than an early one (one
-    thread: 0.41 s vs 0.24 s forward + backward of a trained vs flushed backbone). The
-    mode is per thread: threads the process starts later (torch's intra-op pool) take
+    them made the late steps of a long build much slower than the early ones (the
+    12,000-step build in the README: 0.36-0.39 s per step with flushing, 0.6 s or more
+    without, late in the run). The mode is per thread: threads the process starts later (torch's intra-op pool) take
     it from their creator, so command-line tools set it before any work
     (``torch.set_flush_denormal(True)``)."""
     before = _flushing_denormals()
