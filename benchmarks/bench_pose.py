@@ -24,10 +24,12 @@ images one at a time (the "single" time, the default interactive case).
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600] [--occlusion 0 0.5]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
-        [--polish 1] [--renderer raycast] [--json FILE]
+        [--polish 1] [--renderer raycast] [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
-beside it), so a second run only evaluates.
+beside it), so a second run only evaluates. ``--device cuda`` trains, fits and times on a
+GPU (a model built on one device loads on any other); test images are always rendered on
+the CPU.
 """
 
 from __future__ import annotations
@@ -85,20 +87,28 @@ def summary(err_deg: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (CUDA is asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
               config: FitConfig = FitConfig()) -> tuple[dict, torch.Tensor]:
     Rs, t_batched = [], 0.0
+    device = model.device
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
-        t0 = time.perf_counter()
+        t0 = _clock(device)
         res = model.fit([s["image"] for s in chunk], [s["K"] for s in chunk], config=config)
-        t_batched += time.perf_counter() - t0
-        Rs += [r.R for r in res]
+        t_batched += _clock(device) - t0
+        Rs += [r.R.cpu() for r in res]
     t_single = 0.0
     for s in samples[:singles]:
-        t0 = time.perf_counter()
+        t0 = _clock(device)
         model.fit([s["image"]], [s["K"]], config=config)
-        t_single += time.perf_counter() - t0
+        t_single += _clock(device) - t0
     R = torch.stack(Rs).double()
     R_gt = torch.stack([s["R"] for s in samples]).double()
     err = rotation_error(R, R_gt) * 180 / math.pi
@@ -112,14 +122,15 @@ def eval_regression(regressor, samples, batch: int, model: PoseModel) -> tuple[d
     """The regressor on crops around the true box at its training scale (the box fraction
     of the build's renders, ``model.box_fraction``): a help render-and-compare does not get."""
     Rs, elapsed = [], 0.0
+    device = next(regressor.parameters()).device
     with torch.no_grad():
         for i in range(0, len(samples), batch):
-            images = torch.stack([model.prepare(s["image"], s["K"], s["bbox"].tolist())[0]
-                                  for s in samples[i:i + batch]])
-            t0 = time.perf_counter()
-            R, _ = regressor.predict(images)
-            elapsed += time.perf_counter() - t0
-            Rs.append(R)
+            images = torch.stack([model.prepare(s["image"].to(model.device), s["K"].to(model.device),
+                                                s["bbox"].tolist())[0] for s in samples[i:i + batch]])
+            t0 = _clock(device)
+            R, _ = regressor.predict(images.to(device))
+            elapsed += _clock(device) - t0
+            Rs.append(R.cpu())
     R = torch.cat(Rs).double()
     R_gt = torch.stack([s["R"] for s in samples]).double()
     err = rotation_error(R, R_gt) * 180 / math.pi
@@ -129,20 +140,22 @@ def eval_regression(regressor, samples, batch: int, model: PoseModel) -> tuple[d
     return out, err
 
 
-def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool):
-    """The regression baseline trained on the build's data, backbone and steps (cached)."""
+def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, device: str | torch.device = "cpu"):
+    """The regression baseline trained on the build's data, backbone and steps (cached),
+    on ``device``."""
     from neural_mesh.backbones import PRESETS
     from neural_mesh.regression import RegressionConfig, load_regressor, train_regressor
     from neural_mesh.training import default_workers
 
     directory = cache / "regressors" / cache_key(mesh, build)
     if (directory / "regressor.json").is_file():
-        return load_regressor(directory)
+        return load_regressor(directory, device=device)
     config = RegressionConfig(backbone=PRESETS[build.backbone], batch_size=build.batch_size, steps=build.steps,
                               lr=build.lr, seed=build.seed)
     data = build.train_config(mesh).data
-    result = train_regressor(config, directory, data=data, progress=progress, workers=default_workers())
-    return result.model
+    result = train_regressor(config, directory, data=data, progress=progress, device=device,
+                             workers=default_workers(device))
+    return result.model.eval()
 
 
 def model_build(model: PoseModel, fallback: BuildConfig) -> tuple[BuildConfig, int | str]:
@@ -180,10 +193,17 @@ def main(argv=None) -> int:
     p.add_argument("--renderer", choices=RENDERERS, default="engine",
                    help="who draws the test images: the training engine, or datasets.raycast "
                         "(an independent ray caster with its own shading, floors, shadows, 3D occluders)")
+    p.add_argument("--device", default="cpu", help="where to train, fit and time: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        p.error(f"--device: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this torch build sees no CUDA device")
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
@@ -195,18 +215,18 @@ def main(argv=None) -> int:
     steps = args.steps
     if args.model:
         try:
-            model = PoseModel.load(args.model)
+            model = PoseModel.load(args.model, device=device)
         except ModelError as error:
             p.error(str(error))
         # describe (and train the baseline like) the model's own build, when it has one
         build, steps = model_build(model, build)
     else:
-        model = build_model(mesh, build, cache_dir=cache)
-    regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True)
+        model = build_model(mesh, build, cache_dir=cache, device=device)
+    regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True, device=device)
 
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion), "n": args.n,
                          "loss": args.loss,
-                         "polish": args.polish, "renderer": args.renderer, "levels": {}}
+                         "polish": args.polish, "renderer": args.renderer, "device": str(device), "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n, args.renderer)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
@@ -225,11 +245,12 @@ def main(argv=None) -> int:
                             f"{m['median_deg']:6.1f} | {m['s_per_image_batched']:11.3f} | {single:>7s} |")
         print(rows[-1], file=sys.stderr, flush=True)
 
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     drawn = "renders" if args.renderer == "engine" else "ray-cast images (another renderer)"
     low, high = build.occlusion
     occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
-          f"{steps} training steps{occluders}, {args.loss} loss, {torch.get_num_threads()} threads)\n")
+          f"{steps} training steps{occluders}, {args.loss} loss, {where})\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 |")
     print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:|")
     for row in rows:

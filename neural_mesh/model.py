@@ -137,6 +137,11 @@ class PoseModel:
         object.__setattr__(self, "mesh_center", torch.as_tensor(self.mesh_center, dtype=torch.float64).reshape(3))
         self.backbone.eval()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone's weights are (:meth:`fit` moves photos and ``K`` there)."""
+        return next(self.backbone.parameters()).device
+
     # ------------------------------------------------------------------- frames
 
     def to_file_frame(self, R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +205,7 @@ class PoseModel:
 
         Args:
             images: photos ``(3, H_i, W_i)`` in [0, 1] (sizes may differ), or a
-                ``(B, 3, H, W)`` tensor.
+                ``(B, 3, H, W)`` tensor, on any device (they are moved to the model's).
             K: per photo ``(3, 3)`` intrinsics (a list or a ``(B, 3, 3)`` tensor; one
                 ``(3, 3)`` is shared).
             bbox: per photo a box ``(x0, y0, x1, y1)`` or None (a list of them), or None.
@@ -217,7 +222,7 @@ class PoseModel:
         start = time.perf_counter()
         if isinstance(images, torch.Tensor) and images.dim() == 4:
             images = list(images)
-        images = list(images)
+        images = [image.to(self.device) if isinstance(image, torch.Tensor) else image for image in images]
         b = len(images)
         if b == 0:
             return []
@@ -225,6 +230,7 @@ class PoseModel:
             Ks = [K] * b
         else:
             Ks = list(K)
+        Ks = [k.to(self.device) if isinstance(k, torch.Tensor) else k for k in Ks]
         if len(Ks) != b:
             raise ValueError(f"K: expected {b} intrinsics (one per image), got {len(Ks)}")
         boxes = list(bbox) if bbox is not None else [None] * b

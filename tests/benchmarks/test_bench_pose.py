@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from neural_mesh.backbones import BackboneConfig, FeatureBackbone
@@ -48,7 +49,7 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
     # the title and the JSON describe the model's own build, not the --steps default
     assert "3000 training steps with 0%-50% occluded training renders" in table
     result = json.loads(out.read_text())
-    assert result["loss"] == "nemo" and set(result["levels"]) == {"L0", "L2"}
+    assert result["loss"] == "nemo" and set(result["levels"]) == {"L0", "L2"} and result["device"] == "cpu"
     assert result["steps"] == 3000 and result["occlusion"] == [0.0, 0.5]
     for level in result["levels"].values():
         m = level["render_and_compare"]
@@ -96,3 +97,44 @@ def test_bench_pose_rejects_a_bad_model_directory(tmp_path, capsys):
     else:
         raise AssertionError("expected exit 2")
     assert "nothing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda"])
+def test_bench_pose_rejects_a_device_it_cannot_use(tmp_path, capsys, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--model", str(tmp_path / "model"), "--no-regression", "--n", "1", "--device", device])
+    assert stop.value.code == 2
+    assert "--device" in capsys.readouterr().err
+
+
+def test_the_regression_baseline_is_evaluated_in_eval_mode(tmp_path):
+    """Freshly trained or loaded from the cache, the baseline predicts with BatchNorm's
+    running statistics (train mode would normalise each test batch by itself)."""
+    from neural_mesh.build import BuildConfig
+
+    bench = load_bench()
+    build = BuildConfig(steps=1, image_size=32, batch_size=2)
+    fresh = bench.get_regressor(CHAIR, build, tmp_path, progress=False)
+    cached = bench.get_regressor(CHAIR, build, tmp_path, progress=False)
+    assert not fresh.training and not cached.training
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        one_by_one = torch.cat([fresh.predict(images[i:i + 1])[1] for i in range(3)])
+        torch.testing.assert_close(fresh.predict(images)[1], one_by_one)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_pose_fits_on_cuda(tmp_path, capsys):
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    out = tmp_path / "r.json"
+    args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "2",
+            "--levels", "0", "--singles", "1", "--device", "cuda", "--json", str(out)]
+    assert bench.main(args) == 0
+    assert "cuda" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cuda") and 0.0 <= result["levels"]["L0"]["render_and_compare"]["acc_pi6"] <= 1.0

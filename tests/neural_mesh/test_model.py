@@ -133,6 +133,20 @@ def test_fit_returns_poses_in_photo_pixels(tiny_model):
         tiny_model.fit(images, Ks[:1], config=quick)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_takes_cpu_photos_and_matches_the_cpu_fit(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    gpu = PoseModel.load(tmp_path / "m", device="cuda")
+    assert gpu.device.type == "cuda" and tiny_model.device.type == "cpu"
+    torch.manual_seed(2)
+    image, K = torch.rand(3, 64, 64), intrinsics(80.0, 80.0, 31.5, 31.5)
+    quick = FitConfig(num_azimuths=4, num_elevations=2, num_thetas=1, top_k=1, steps=10, placement_search=2)
+    on_cpu = tiny_model.fit([image], [K], config=quick)[0]
+    on_gpu = gpu.fit([image], [K], config=quick)[0]  # CPU inputs are moved to the model's device
+    assert on_gpu.R.device.type == "cuda"
+    assert abs(on_gpu.score - on_cpu.score) < 1e-3
+
+
 # ------------------------------------------------------------------------ build_model
 
 TINY = BuildConfig(steps=2, image_size=32, batch_size=2, num_verts=60)
