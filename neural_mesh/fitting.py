@@ -123,6 +123,7 @@ __all__ = [
     "render_features",
     "mean_clutter_feature",
     "nemo_loss",
+    "object_margins",
     "LOSSES",
     "PoseParams",
     "pose_from_params",
@@ -254,14 +255,64 @@ def nemo_loss(
         obj = torch.where(mask, obj, torch.zeros_like(obj))
     else:
         mask = rendered.abs().sum(1) > 0
-    if clutter_feat.dim() == 2:
-        clu = torch.einsum("bchw,mc->bhwm", image_feat, clutter_feat.to(image_feat.dtype)).amax(-1)
-    else:
-        clu = torch.einsum("bchw,c->bhw", image_feat, clutter_feat.to(image_feat.dtype))
+    clu = _clutter_scores(image_feat, clutter_feat)
     if kind == "nemo":
         return 1.0 - (torch.maximum(obj, clu).mean(dim=(1, 2)) - clu.mean(dim=(1, 2)))
     gain = _mixture_gain(obj - clu, temperature, occlusion_prior)
     return 1.0 - torch.where(mask, gain, torch.zeros_like(gain)).mean(dim=(1, 2))
+
+
+def _clutter_scores(image_feat: torch.Tensor, clutter_feat: torch.Tensor) -> torch.Tensor:
+    """``(B, h, w)`` clutter score per pixel: the best match over an ``(M, C)`` bank, or
+    the similarity to one ``(C,)`` feature."""
+    if clutter_feat.dim() == 2:
+        return torch.einsum("bchw,mc->bhwm", image_feat, clutter_feat.to(image_feat.dtype)).amax(-1)
+    return torch.einsum("bchw,c->bhw", image_feat, clutter_feat.to(image_feat.dtype))
+
+
+@torch.no_grad()
+def object_margins(
+    feature_map: torch.Tensor,
+    nmesh: NeuralMesh,
+    R: torch.Tensor,
+    t: torch.Tensor,
+    K_feat: torch.Tensor,
+    clutter_score: str = "max",
+    cull_backfaces: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How well the features explain the object beyond clutter at a known pose.
+
+    Over the pixels where the object renders at ``(R, t)``, the margin ``o_p - c_p`` of
+    the loss (module docstring): the rendered feature's similarity to the image feature
+    minus the clutter score. A diagnostic of a trained model on images with ground truth:
+    the fitting's evidence for the true pose. On held-out renders of the bundled chair,
+    the mean was about 0 for 1,000-step builds (half the object's pixels explained better
+    by clutter) and about +0.07 for a 12,000-step build (three quarters), so it tracks
+    feature quality with less noise than pose accuracy on a few dozen images.
+
+    Args:
+        feature_map: ``(B, C, h, w)`` image features (unit vectors).
+        nmesh: the model; R: ``(B, 3, 3)``; t: ``(B, 3)``; K_feat: ``(3, 3)`` or
+            ``(B, 3, 3)`` feature-map intrinsics (:func:`render_features`).
+        clutter_score: ``"max"`` or ``"mean"``, as :attr:`FitConfig.clutter_score`.
+        cull_backfaces: as :func:`render_features`.
+
+    Returns:
+        ``(mean (B,), positive (B,))``: the mean margin over the object's pixels and the
+        fraction of them with a positive margin (NaN where the object covers no pixel).
+    """
+    check_shape("feature_map", feature_map, ["B", "C", "h", "w"])
+    if clutter_score not in ("max", "mean"):
+        raise ValueError(f"clutter_score: expected 'max' or 'mean', got {clutter_score!r}")
+    rendered, mask = render_features(nmesh, R.to(feature_map), t.to(feature_map), K_feat.to(feature_map),
+                                     feature_map.shape[-2:], cull_backfaces=cull_backfaces)
+    clutter = nmesh.clutter.to(feature_map)
+    margin = (rendered * feature_map).sum(1) - _clutter_scores(
+        feature_map, clutter if clutter_score == "max" else mean_clutter_feature(clutter))
+    count = mask.sum(dim=(1, 2)).to(feature_map.dtype)
+    mean = torch.where(mask, margin, torch.zeros_like(margin)).sum(dim=(1, 2)) / count
+    positive = (mask & (margin > 0)).sum(dim=(1, 2)).to(feature_map.dtype) / count
+    return mean, positive
 
 
 LOSSES = ("mixture", "nemo")

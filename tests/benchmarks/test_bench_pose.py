@@ -55,7 +55,10 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
         m = level["render_and_compare"]
         assert 0.0 <= m["acc_pi6"] <= 1.0 and 0.0 <= m["median_deg"] <= 180.0
         assert m["s_per_image_batched"] > 0 and math.isfinite(m["s_per_image_single"])
+        # the evidence for the true pose: a mean margin in [-2, 2] and a share of pixels
+        assert -2.0 <= m["true_pose_margin"]["mean"] <= 2.0 and 0.0 <= m["true_pose_margin"]["positive"] <= 1.0
     assert result["levels"]["L2"]["occlusion"] > 0.3  # level 2 hides 40-60% of the object
+    assert "margin at truth" in table
 
 
 def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):

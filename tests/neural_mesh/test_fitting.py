@@ -24,6 +24,7 @@ from neural_mesh.fitting import (
     init_grid_for,
     mean_clutter_feature,
     nemo_loss,
+    object_margins,
     params_from_pose,
     pose_from_params,
     render_features,
@@ -340,6 +341,36 @@ def test_mixture_loss_matches_its_formula_and_bounds_the_cost_of_a_pixel():
         FitConfig(occlusion_prior=1.0)
     with pytest.raises(ValueError, match="temperature"):
         FitConfig(temperature=0.0)
+
+
+def test_object_margins_at_the_true_pose_and_a_wrong_one(model):
+    nm, mu = model
+    fmap, R, mask = synthetic_map(nm, mu, POSES[0], noise=0.05)
+    _, t = pose_from_params(_params(POSES[0]), K)
+    Kf = _feature_K(K)
+    mean, positive = object_margins(fmap[None], nm, R[None], t, Kf)
+    # by hand: rendered feature . image feature - best clutter match, over the object
+    rendered, m = render_features(nm, R[None], t, Kf, MAP_SIZE)
+    margin = (rendered[0] * fmap).sum(0) - torch.einsum("chw,mc->mhw", fmap, nm.clutter).amax(0)
+    assert_close(mean, margin[m[0]].mean()[None])
+    assert_close(positive, (margin[m[0]] > 0).double().mean()[None].float())
+    assert float(positive) > 0.9  # the map is the model's own features: the object explains it
+    # 90 degrees off, the same place: far less evidence
+    wrong = (POSES[0][0] + 90.0, *POSES[0][1:])
+    R_wrong, t_wrong = pose_from_params(_params(wrong), K)
+    mean_wrong, _ = object_margins(fmap[None], nm, R_wrong, t_wrong, Kf)
+    assert float(mean_wrong) < float(mean) - 0.1
+    # NeMo's mean clutter feature instead of the bank's best match
+    mean_nemo, _ = object_margins(fmap[None], nm, R[None], t, Kf, clutter_score="mean")
+    clu = torch.einsum("chw,c->hw", fmap, mean_clutter_feature(nm.clutter))
+    assert_close(mean_nemo, ((rendered[0] * fmap).sum(0) - clu)[m[0]].mean()[None])
+    # an object outside the map has no pixels: NaN, not a number that looks like evidence
+    far = t.clone()
+    far[:, 0] += 100.0
+    mean_off, positive_off = object_margins(fmap[None], nm, R[None], far, Kf)
+    assert bool(mean_off.isnan().all()) and bool(positive_off.isnan().all())
+    with pytest.raises(ValueError, match="clutter_score"):
+        object_margins(fmap[None], nm, R[None], t, Kf, clutter_score="median")
 
 
 def test_nemo_loss_with_a_bank_takes_the_best_clutter_match():
