@@ -664,6 +664,12 @@ class TrainConfig:
         neighbor_radius_3d: if set, exclude by 3D distance instead: this fraction of the
             longest side of the mesh's bounding box (NeMo: 0.1).
         sampling: ``"nearest"`` or ``"bilinear"`` (:func:`sample_vertex_features`).
+        occluder_clutter: also draw background cells from occluders drawn over the object
+            (samples with an ``occluder_mask``): a cell counts as background when its
+            window holds no *visible* object pixel, so occluders in front of the object
+            enter the clutter bank and the regularizer, as the fitting's loss reads them
+            (an occluded pixel is clutter). Default off: only cells outside the amodal
+            ``mask`` (NeMo). Not yet measured against the default.
         checkpoint_every: write a checkpoint every this many steps (and at the end).
         keep_checkpoints: how many checkpoints to keep.
     """
@@ -687,6 +693,7 @@ class TrainConfig:
     neighbor_radius: float = 0.075
     neighbor_radius_3d: float | None = None
     sampling: str = "nearest"
+    occluder_clutter: bool = False
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
 
@@ -744,6 +751,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.sampling not in ("nearest", "bilinear"):
             raise ValueError(f"TrainConfig.sampling: expected 'nearest' or 'bilinear', got {self.sampling!r}")
+        if not isinstance(self.occluder_clutter, bool):
+            raise ValueError(f"TrainConfig.occluder_clutter: expected True or False, got {self.occluder_clutter!r}")
 
     @classmethod
     def paper(cls, data: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -1010,7 +1019,8 @@ class _Collate:
     """Stack a shard into tensors; fill in vertex projections, masks and background cells."""
 
     def __init__(self, names: list[str], geometry: list[_Geometry], num_background: int,
-                 seed: int, stride: int = _STRIDE):
+                 seed: int, stride: int = _STRIDE, occluder_clutter: bool = False):
+        self.occluder_clutter = occluder_clutter
         self.names = names
         self.lookup = {n: i for i, n in enumerate(names)}
         self.geometry = geometry
@@ -1059,6 +1069,8 @@ class _Collate:
                 col = uv[:, 0].round().long().clamp(0, occluded.shape[1] - 1)
                 row = uv[:, 1].round().long().clamp(0, occluded.shape[0] - 1)
                 visible = visible & ~occluded[row, col].to(torch.bool)
+                if self.occluder_clutter:
+                    mask = mask & ~occluded.to(torch.bool)  # occluders in front are clutter
             gen = torch.Generator().manual_seed(_derived_seed(self.seed, "background", position))
             idx, valid = background_cells(mask, (h, w), self.num_background, gen, self.stride)
             mesh_idx.append(g)
@@ -1567,7 +1579,7 @@ def train(
     shuffle = bool(data.get("shuffle", True))
     sampler = _StepSampler(start, config.steps, config.batch_size, length, config.seed, shuffle, rank, world)
     collate = _Collate(names, [_Geometry(meshes[n].verts.cpu(), meshes[n].faces.cpu()) for n in names],
-                       config.num_background, config.seed, backbone.stride)
+                       config.num_background, config.seed, backbone.stride, config.occluder_clutter)
     loader = torch.utils.data.DataLoader(
         _Positions(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=workers,
         worker_init_fn=_ignore_sigint if workers else None,

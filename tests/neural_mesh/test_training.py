@@ -474,6 +474,28 @@ def test_vertices_under_occluders_are_not_rows_of_the_loss():
     assert torch.equal(batch["vertex_visible"][0], sample["vertex_visible"] & ~under)
 
 
+def test_occluder_clutter_draws_background_cells_from_occluders_over_the_object():
+    """Hand-made sample: the object fills the left 3 x 4 cells of a 4 x 4 map (amodal mask),
+    an occluder covers its first two cell columns; one free cell column on the right."""
+    dataset, meshes = build_data(tiny_config(data=synthetic_data((32, 32), mesh=CHAIR)))
+    sample = dict(dataset[0])
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[:, :24] = True
+    occluder = torch.zeros(32, 32, dtype=torch.bool)
+    occluder[:, :16] = True
+    sample["mask"], sample["occluder_mask"] = mask, occluder
+    geometry = [_Geometry(meshes["chair"].verts, meshes["chair"].faces)]
+    columns = {}
+    for flag in (False, True):
+        batch = _Collate(["chair"], geometry, 40, 0, occluder_clutter=flag)([(0, sample)])
+        assert bool(batch["background_valid"].all())
+        columns[flag] = set((batch["background_idx"][0] % 4).tolist())
+    assert columns[False] == {3}  # NeMo: outside the amodal silhouette only
+    assert columns[True] == {0, 1, 3}  # and the occluder in front of the object, not the visible part
+    with pytest.raises(ValueError, match="occluder_clutter"):
+        tiny_config(occluder_clutter="yes")
+
+
 def test_synthetic_data_scene_overrides():
     data = synthetic_data((32, 32), mesh=CHAIR, scene={"distance_range": (3.0, 4.0), "center_jitter": 0.0})
     assert data["config"]["distance_range"] == [3.0, 4.0] and data["config"]["center_jitter"] == 0.0
