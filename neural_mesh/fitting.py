@@ -303,8 +303,7 @@ def object_margins(
         fraction of them with a positive margin (NaN where the object covers no pixel).
     """
     check_shape("feature_map", feature_map, ["B", "C", "h", "w"])
-    if clutter_score not in ("max", "mean"):
-        raise ValueError(f"clutter_score: expected 'max' or 'mean', got {clutter_score!r}")
+    _check_clutter_score(clutter_score)
     rendered, mask = render_features(nmesh, R.to(feature_map), t.to(feature_map), K_feat.to(feature_map),
                                      feature_map.shape[-2:], cull_backfaces=cull_backfaces)
     clutter = nmesh.clutter.to(feature_map)
@@ -317,6 +316,11 @@ def object_margins(
 
 
 LOSSES = ("mixture", "nemo")
+
+
+def _check_clutter_score(clutter_score: str) -> None:
+    if clutter_score not in ("max", "mean"):
+        raise ValueError(f"clutter_score: expected 'max' or 'mean', got {clutter_score!r}")
 
 
 def _check_loss(kind: str, temperature: float, occlusion_prior: float) -> None:
@@ -489,8 +493,7 @@ class FitConfig:
             )
         if self.grid_resolution < 8:
             raise ValueError(f"grid_resolution: expected >= 8, got {self.grid_resolution}")
-        if self.clutter_score not in ("max", "mean"):
-            raise ValueError(f"clutter_score: expected 'max' or 'mean', got {self.clutter_score!r}")
+        _check_clutter_score(self.clutter_score)
         if self.distance is not None and not self.distance > 0:
             raise ValueError(f"distance: expected > 0 or None, got {self.distance}")
         _check_loss(self.loss, self.temperature, self.occlusion_prior)

@@ -1419,8 +1419,8 @@ def default_workers(device: str | torch.device = "cpu") -> int:
     ``demos/train_nemo.py`` use by default: on a CPU, one (it renders the next batches
     while the training process, one thread fewer, runs the backbone: rendering and the
     backbone take comparable time per step, so the step costs about the larger of the
-    two instead of their sum), none on a single core; on a GPU, the CPU cores but one (up to 8): rendering is the bottleneck
-    there. Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks share the cores: none."""
+    two instead of their sum), none on a single core; on a GPU, the CPU cores but one
+    (up to 8): rendering is the bottleneck there. Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks share the cores: none."""
     cores = os.cpu_count() or 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 0
@@ -1455,10 +1455,10 @@ def flush_denormals():
 
     As training goes on, some gradients become denormal and the CPU's slow path for
     them made the late steps of a long build much slower than the early ones (the
-    12,000-step build in the README: 0.36-0.39 s per step with flushing, 0.6 s or more
-    without, late in the run). The mode is per thread: threads the process starts later (torch's intra-op pool) take
-    it from their creator, so command-line tools set it before any work
-    (``torch.set_flush_denormal(True)``)."""
+    README's 12,000-step build, by its progress bar: 0.6 s per step or more around step
+    6,000 without flushing, 0.36-0.39 s after resuming with it). The mode is per thread:
+    threads the process starts later (torch's intra-op pool) take it from their creator,
+    so command-line tools set it before any work (``torch.set_flush_denormal(True)``)."""
     before = _flushing_denormals()
     torch.set_flush_denormal(True)
     try:
