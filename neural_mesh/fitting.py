@@ -91,7 +91,9 @@ errors compare ``R``.
    single-image fit.
 
 An optional ``init`` pose per image (a previous video frame, a first fit at another crop)
-is refined beside the grid's ``top_k`` starts.
+is refined beside the grid's ``top_k`` starts; with ``top_k=0`` it is the only start and
+the grid is skipped (tracking from a previous frame, or refining a known pose to see
+where the features' own minimum lies).
 
 Candidates never interact, so a batch gives the same results as its images one by one.
 """
@@ -427,7 +429,9 @@ class FitConfig:
         placement_search: how many of the best grid poses get a local search of their
             placement (centre shifts of about 12% of the object's size, sizes x1.15^{-1,0,1},
             two rounds, the second at half the step); 0 disables it.
-        top_k: grid poses refined per image (NeMo: 1).
+        top_k: grid poses refined per image (NeMo: 1); 0 skips the grid search and
+            refines only the ``init`` poses given to :func:`fit_pose` (which are then
+            required).
         steps: maximum Adam steps (NeMo: 300).
         lr: Adam learning rate of the angles (radians).
         lr_log_distance: learning rate of ``log(distance)``.
@@ -482,15 +486,13 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for name in (
-            "num_azimuths", "num_elevations", "num_thetas", "top_k", "lr_decay_every", "lr_phases", "patience"
+            "num_azimuths", "num_elevations", "num_thetas", "lr_decay_every", "lr_phases", "patience"
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if self.steps < 0 or self.placement_search < 0 or self.polish < 0:
-            raise ValueError(
-                f"steps, placement_search, polish: expected >= 0, got {self.steps}, "
-                f"{self.placement_search}, {self.polish}"
-            )
+        for name in ("top_k", "steps", "placement_search", "polish"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if self.grid_resolution < 8:
             raise ValueError(f"grid_resolution: expected >= 8, got {self.grid_resolution}")
         _check_clutter_score(self.clutter_score)
@@ -1120,7 +1122,8 @@ def fit_pose(
             per model).
         init: optional poses ``(R (B, 3, 3), t (B, 3))`` (for ``K``, ``t_z > 0``), one
             more start per image beside the grid's ``top_k`` (e.g. a previous frame's
-            pose, or a first fit at another crop); the best candidate still wins.
+            pose, or a first fit at another crop); the best candidate still wins. With
+            ``config.top_k == 0`` they are the only starts (no grid search).
 
     Returns:
         One :class:`PoseResult` per image. Deterministic for given inputs; fitting a
@@ -1143,7 +1146,10 @@ def fit_pose(
         raise ValueError(f"stride: expected >= 1, got {stride}")
     check_intrinsics(K, b, feature_map)
     dtype, device = feature_map.dtype, feature_map.device
-    grid = init_grid if init_grid is not None else init_grid_for(nmesh, config)
+    if config.top_k == 0 and init is None:
+        raise ValueError("config.top_k == 0 refines only the init poses: pass init=(R, t)")
+    if config.top_k > 0:  # built (and cached) for the caller's model object
+        grid = init_grid if init_grid is not None else init_grid_for(nmesh, config)
     if nmesh.device != device or nmesh.verts.dtype != dtype or nmesh.features.dtype != dtype:
         nmesh = NeuralMesh(
             verts=nmesh.verts.to(device, dtype),
@@ -1158,8 +1164,11 @@ def fit_pose(
 
     with torch.no_grad():
         tables = _tables(feature_map, nmesh, config)
-        fallback_side = min(H, W) / 2.0 / int(stride)  # half the shorter image side, in cells
-        x0, _ = _grid_starts(grid.to(device, dtype), tables, K_feat, boxes, config, fallback_side)
+        if config.top_k > 0:
+            fallback_side = min(H, W) / 2.0 / int(stride)  # half the shorter image side, in cells
+            x0, _ = _grid_starts(grid.to(device, dtype), tables, K_feat, boxes, config, fallback_side)
+        else:
+            x0 = feature_map.new_zeros(b, 0, 6)
     if init is not None:
         x0 = torch.cat([x0, _init_starts(init, K_feat, b)[:, None]], dim=1)
     k = x0.shape[1]

@@ -200,6 +200,7 @@ class PoseModel:
         bbox: Sequence[Sequence[float] | None] | None = None,
         config: FitConfig = FitConfig(),
         recrop: bool = True,
+        init: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> list[PoseResult]:
         """Fit the object's pose in each photo (one batch for all of them).
 
@@ -213,6 +214,11 @@ class PoseModel:
             recrop: without a box, crop around the first fit and fit again (the grid's
                 starts plus the first fit's pose) when the object covers much less (or
                 more) of the image than in training or lies far from its centre.
+            init: optional poses ``(R (B, 3, 3), t (B, 3))`` in the model frame for each
+                photo's own ``K`` (as returned; e.g. the previous video frame's): a photo
+                without a box is cropped around the pose's projection, and the pose is
+                refined beside the grid's starts (``config.top_k=0``: the only start, no
+                grid search; faster, for tracking). No recrop pass follows.
 
         Returns:
             One :class:`PoseResult` per photo in the **model frame**, with ``R, t`` valid
@@ -236,7 +242,13 @@ class PoseModel:
         boxes = list(bbox) if bbox is not None else [None] * b
         if len(boxes) != b:
             raise ValueError(f"bbox: expected {b} boxes or None (one per image), got {len(boxes)}")
-        results = self._fit_once(images, Ks, boxes, config)
+        if init is not None:
+            R0, t0 = self._check_init(init, b)
+            boxes = [box if box is not None else self.projected_box(R0[i], t0[i], Ks[i]) for i, box in enumerate(boxes)]
+            results = self._fit_once(images, Ks, boxes, config, init=(R0, t0))
+            recrop = False
+        else:
+            results = self._fit_once(images, Ks, boxes, config)
         if recrop:
             again = [i for i in range(b) if boxes[i] is None and self._needs_recrop(results[i], images[i], Ks[i])]
             if again:
@@ -248,6 +260,16 @@ class PoseModel:
                     results[i] = r
         seconds = (time.perf_counter() - start) / b
         return [replace(r, seconds=seconds) for r in results]
+
+    def _check_init(self, init, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (isinstance(init, (tuple, list)) and len(init) == 2):
+            raise ValueError("init: expected a pair (R (B, 3, 3), t (B, 3))")
+        R, t = (torch.as_tensor(x, device=self.device) for x in init)
+        if R.shape != (b, 3, 3) or t.shape != (b, 3):
+            raise ValueError(f"init: expected R ({b}, 3, 3) and t ({b}, 3), got {tuple(R.shape)} and {tuple(t.shape)}")
+        if not (bool(torch.isfinite(R).all()) and bool(torch.isfinite(t).all()) and bool((t[:, 2] > 0).all())):
+            raise ValueError("init: expected finite poses with the object in front of the camera (t_z > 0)")
+        return R, t
 
     def _fit_once(self, images, Ks, boxes, config: FitConfig, init=None) -> list[PoseResult]:
         crops, kcs, maps = [], [], []

@@ -57,8 +57,26 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
         assert m["s_per_image_batched"] > 0 and math.isfinite(m["s_per_image_single"])
         # the evidence for the true pose: a mean margin in [-2, 2] and a share of pixels
         assert -2.0 <= m["true_pose_margin"]["mean"] <= 2.0 and 0.0 <= m["true_pose_margin"]["positive"] <= 1.0
+        # the refinement started at the truth: its errors summarised like the fit's
+        assert 0.0 <= m["truth_started"]["median_deg"] <= 180.0 and 0.0 <= m["truth_started"]["acc_pi6"] <= 1.0
     assert result["levels"]["L2"]["occlusion"] > 0.3  # level 2 hides 40-60% of the object
-    assert "margin at truth" in table
+    assert "margin at truth" in table and "from truth" in table
+
+
+def test_truth_started_fits_start_at_the_test_sets_true_pose(tmp_path):
+    # no refinement steps: the truth-started "fit" returns the true pose itself, so the
+    # test set's poses, the model frame and the crops agree
+    from neural_mesh.build import BuildConfig
+    from neural_mesh.fitting import FitConfig
+
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    model = PoseModel.load(tmp_path / "model")
+    samples = bench.test_set(CHAIR, BuildConfig(), 1, 3)
+    still = bench.truth_started(model, samples, 2, FitConfig(steps=0))
+    assert still["median_deg"] < 0.01 and still["acc_pi18"] == 1.0
+    moved = bench.truth_started(model, samples, 2, FitConfig(steps=30))  # random features pull it away
+    assert moved["median_deg"] > still["median_deg"]
 
 
 def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):

@@ -489,8 +489,8 @@ def test_paper_config_is_nemos():
 
 
 def test_fit_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="top_k: expected >= 1, got 0"):
-        FitConfig(top_k=0)
+    with pytest.raises(ValueError, match="top_k: expected >= 0, got .*-1"):
+        FitConfig(top_k=-1)
     with pytest.raises(ValueError, match="distance: expected > 0 or None"):
         FitConfig(distance=-1.0)
     with pytest.raises(ValueError, match="polish: expected >= 0, got .*-1"):
@@ -513,6 +513,26 @@ def test_init_pose_is_a_start_beside_the_grid(model):
         fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, init=(Rt[0], t))
     with pytest.raises(ValueError, match="init: expected a pair"):
         fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, init=Rt)
+
+
+def test_top_k_0_refines_only_the_init_pose(model, monkeypatch):
+    # no grid search at all: the grid is never built, the one start is the init pose
+    import neural_mesh.fitting as fitting
+
+    nm, mu = model
+    pose = POSES[0]
+    fmap, R, _ = synthetic_map(nm, mu, pose, seed=7)
+    Rt, t = pose_from_params(_params((pose[0] + 8.0, pose[1] - 5.0, *pose[2:])), K)
+    monkeypatch.setattr(fitting, "init_grid_for", lambda *a: pytest.fail("grid built with top_k=0"))
+    only = dataclasses.replace(CONFIG, top_k=0)
+    res = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=only, init=(Rt, t))[0]
+    assert _deg(Rt, R) > 7.0 and _deg(res.R, R) < 3.0  # refined from 8 deg off to the truth
+    # a start far from the truth stays in its own basin: no grid to rescue it
+    Rf, tf = pose_from_params(_params((pose[0] + 150.0, *pose[1:])), K)
+    lost = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=only, init=(Rf, tf))[0]
+    assert _deg(lost.R, R) > 30.0 and lost.score < res.score
+    with pytest.raises(ValueError, match="top_k == 0 refines only the init poses"):
+        fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=only)
 
 
 def test_polish_restarts_never_raise_the_loss(model):

@@ -133,6 +133,34 @@ def test_fit_returns_poses_in_photo_pixels(tiny_model):
         tiny_model.fit(images, Ks[:1], config=quick)
 
 
+def test_fit_from_init_poses_crops_around_them_and_returns_them_unrefined(tiny_model, monkeypatch):
+    # top_k=0 and no steps: the result is the start itself, through the crop and back
+    torch.manual_seed(2)
+    images = [torch.rand(3, 60, 90), torch.rand(3, 64, 64)]
+    Ks = [intrinsics(120.0, 120.0, 44.5, 29.5), intrinsics(70.0, 70.0, 31.5, 31.5)]
+    R, t = angles_to_pose(torch.tensor([0.4, -2.0]), torch.tensor([0.2, 0.5]), torch.tensor([0.1, 0.0]),
+                          torch.tensor([9.0, 4.0]))
+    t = t + torch.tensor([[0.8, -0.3, 0.0], [0.0, 0.0, 0.0]])  # off-centre in the first photo
+    seen = []
+    fit_once = PoseModel._fit_once
+    monkeypatch.setattr(PoseModel, "_fit_once", lambda self, *a, **k: seen.append(a[2]) or fit_once(self, *a, **k))
+    monkeypatch.setattr(PoseModel, "_needs_recrop", lambda *a: pytest.fail("recrop pass after an init fit"))
+    res = tiny_model.fit(images, Ks, init=(R, t), config=FitConfig(top_k=0, steps=0))
+    assert seen == [[tiny_model.projected_box(R[i], t[i], Ks[i]) for i in range(2)]]  # one pass, init's boxes
+    for i, r in enumerate(res):
+        torch.testing.assert_close(r.R.float(), R[i], atol=1e-4, rtol=0)
+        torch.testing.assert_close(r.t.float(), t[i], atol=1e-3, rtol=0)
+    # refinement moves it (random features: anywhere), and the grid joins in with top_k > 0
+    moved = tiny_model.fit(images[:1], Ks[:1], init=(R[:1], t[:1]), config=FitConfig(top_k=0, steps=5))[0]
+    assert moved.score >= res[0].score
+    with pytest.raises(ValueError, match="top_k == 0 refines only the init poses"):
+        tiny_model.fit(images, Ks, config=FitConfig(top_k=0))
+    with pytest.raises(ValueError, match=r"init: expected R \(2, 3, 3\)"):
+        tiny_model.fit(images, Ks, init=(R[:1], t[:1]))
+    with pytest.raises(ValueError, match="in front of the camera"):
+        tiny_model.fit(images, Ks, init=(R, -t))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fit_on_cuda_takes_cpu_photos_and_matches_the_cpu_fit(tiny_model, tmp_path):
     tiny_model.save(tmp_path / "m")
