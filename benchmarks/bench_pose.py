@@ -27,8 +27,11 @@ clutter model and the share of them the object explains better
 (:func:`neural_mesh.fitting.object_margins`); it tracks training quality with less noise
 than accuracy on a few dozen images. "from truth" is the median error of the refinement
 started at the true pose (``PoseModel.fit(init=...)`` with ``FitConfig(top_k=0)``): how far
-the loss's own minimum lies from the truth. A full fit's median near it means the search
-finds that minimum and only better features can help; far above it, the search misses.
+the loss's own minimum lies from the truth. "search misses" splits the fit's failures
+(error >= 30 deg): "2 of 5" means that for 2 of them the pose refined from the truth has
+a higher score than the fitted one refined again on the same crop (the search missed the
+better basin); for the other 3 the loss itself prefers the wrong pose, and only better
+features can help.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600] [--occlusion 0 0.5]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
@@ -104,27 +107,29 @@ def _clock(device: torch.device) -> float:
 
 
 def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
-              config: FitConfig = FitConfig()) -> tuple[dict, torch.Tensor]:
-    Rs, t_batched = [], 0.0
+              config: FitConfig = FitConfig()) -> tuple[dict, torch.Tensor, list]:
+    """Fit every sample (batched, then a few singly for the time); returns the summary,
+    the errors in degrees and the fitted ``(R, t)`` per sample (CPU)."""
+    poses, t_batched = [], 0.0
     device = model.device
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         t0 = _clock(device)
         res = model.fit([s["image"] for s in chunk], [s["K"] for s in chunk], config=config)
         t_batched += _clock(device) - t0
-        Rs += [r.R.cpu() for r in res]
+        poses += [(r.R.cpu(), r.t.cpu()) for r in res]
     t_single = 0.0
     for s in samples[:singles]:
         t0 = _clock(device)
         model.fit([s["image"]], [s["K"]], config=config)
         t_single += _clock(device) - t0
-    R = torch.stack(Rs).double()
+    R = torch.stack([R for R, _ in poses]).double()
     R_gt = torch.stack([s["R"] for s in samples]).double()
     err = rotation_error(R, R_gt) * 180 / math.pi
     out = summary(err)
     out["s_per_image_batched"] = t_batched / len(samples)
     out["s_per_image_single"] = t_single / max(singles, 1)
-    return out, err
+    return out, err, poses
 
 
 def true_pose_margins(model: PoseModel, samples, batch: int) -> dict[str, float]:
@@ -150,18 +155,42 @@ def true_pose_margins(model: PoseModel, samples, batch: int) -> dict[str, float]
             "positive": float(positive[seen].mean()) if seen.any() else float("nan")}
 
 
-def truth_started(model: PoseModel, samples, batch: int, config: FitConfig = FitConfig()) -> dict[str, float]:
-    """The fitting refined from the *true* pose only (no grid search): ``summary`` of its
-    rotation errors, where the loss's own minimum near the truth lies."""
+def truth_started(model: PoseModel, samples, batch: int,
+                  config: FitConfig = FitConfig()) -> tuple[dict[str, float], torch.Tensor, list]:
+    """The fitting refined from the *true* pose only (no grid search; the photo cropped
+    around the true pose's box): the ``summary`` of its rotation errors (where the loss's
+    own minimum near the truth lies), the errors in degrees and the ``PoseResult``s."""
     config = dataclasses.replace(config, top_k=0)
-    Rs = []
+    results = []
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         init = (torch.stack([s["R"] for s in chunk]), torch.stack([s["t"] for s in chunk]))
-        res = model.fit([s["image"] for s in chunk], [s["K"] for s in chunk], config=config, init=init)
-        Rs += [r.R.cpu() for r in res]
+        results += model.fit([s["image"] for s in chunk], [s["K"] for s in chunk], config=config, init=init)
     R_gt = torch.stack([s["R"] for s in samples]).double()
-    return summary(rotation_error(torch.stack(Rs).double(), R_gt) * 180 / math.pi)
+    err = rotation_error(torch.stack([r.R.cpu() for r in results]).double(), R_gt) * 180 / math.pi
+    return summary(err), err, results
+
+
+def search_misses(model: PoseModel, samples, fitted: list, started: list, err: torch.Tensor,
+                  config: FitConfig = FitConfig()) -> tuple[int, int]:
+    """Of the fit's failures (``err >= 30`` deg), how many are the search's fault.
+
+    ``fitted``: the fit's ``(R, t)`` per sample; ``started``: :func:`truth_started`'s
+    results. Each failed pose is refined again on the truth-started run's feature map (the
+    photo cropped around the true pose's box), so that both are local minima of one loss;
+    a *miss* is a failure whose truth-started pose scores higher there: the search did not
+    reach the better basin. For the other failures the loss itself prefers the wrong pose.
+    Returns ``(failures, misses)``."""
+    bad = (err >= 30).nonzero().flatten().tolist()
+    if not bad:
+        return 0, 0
+    device = model.device
+    boxes = [model.projected_box(samples[i]["R"].to(device), samples[i]["t"].to(device), samples[i]["K"].to(device))
+             for i in bad]
+    init = (torch.stack([fitted[i][0] for i in bad]), torch.stack([fitted[i][1] for i in bad]))
+    again = model.fit([samples[i]["image"] for i in bad], [samples[i]["K"] for i in bad], bbox=boxes, init=init,
+                      config=dataclasses.replace(config, top_k=0))
+    return len(bad), sum(int(started[i].score > r.score) for i, r in zip(bad, again))
 
 
 def eval_regression(regressor, samples, batch: int, model: PoseModel) -> tuple[dict, torch.Tensor]:
@@ -277,9 +306,12 @@ def main(argv=None) -> int:
         samples = test_set(mesh, build, level, args.n, args.renderer)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         fit_config = FitConfig(loss=args.loss, polish=args.polish)
-        res = {"occlusion": occ, "render_and_compare": eval_nemo(model, samples, args.batch, args.singles, fit_config)[0]}
-        res["render_and_compare"]["true_pose_margin"] = true_pose_margins(model, samples, args.batch)
-        res["render_and_compare"]["truth_started"] = truth_started(model, samples, args.batch, fit_config)
+        nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config)
+        nemo["true_pose_margin"] = true_pose_margins(model, samples, args.batch)
+        nemo["truth_started"], _, started = truth_started(model, samples, args.batch, fit_config)
+        failures, misses = search_misses(model, samples, fitted, started, err, fit_config)
+        nemo["truth_started"].update(failures=failures, search_misses=misses)
+        res = {"occlusion": occ, "render_and_compare": nemo}
         if regressor is not None:
             res["regression"] = eval_regression(regressor, samples, args.batch, model)[0]
         results["levels"][f"L{level}"] = res
@@ -290,10 +322,13 @@ def main(argv=None) -> int:
                 single = "-" if math.isnan(single) else f"{single:.3f}"
                 margin = m.get("true_pose_margin")
                 margin = f"{margin['mean']:+.3f} ({margin['positive']:.0%})" if margin else "-"
-                start = f"{m['truth_started']['median_deg']:.1f}" if "truth_started" in m else "-"
+                start = m.get("truth_started")
+                start = f"{start['median_deg']:.1f}" if start else "-"
+                missed = m.get("truth_started")
+                missed = f"{missed['search_misses']} of {missed['failures']}" if missed else "-"
                 rows.append(f"| L{level} ({occ:3.0%} hidden) | {method:18s} | {m['acc_pi6']:8.1%} | {m['acc_pi18']:9.1%} | "
                             f"{m['median_deg']:6.1f} | {m['s_per_image_batched']:11.3f} | {single:>7s} | "
-                            f"{margin:>15s} | {start:>10s} |")
+                            f"{margin:>15s} | {start:>10s} | {missed:>13s} |")
         print(rows[-1], file=sys.stderr, flush=True)
 
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
@@ -303,9 +338,9 @@ def main(argv=None) -> int:
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
           f"{steps} training steps{occluders}, {args.loss} loss, {where})\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 "
-          "| margin at truth | from truth |")
+          "| margin at truth | from truth | search misses |")
     print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:"
-          "|----------------:|-----------:|")
+          "|----------------:|-----------:|--------------:|")
     for row in rows:
         print(row)
     if args.json:

@@ -59,8 +59,9 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
         assert -2.0 <= m["true_pose_margin"]["mean"] <= 2.0 and 0.0 <= m["true_pose_margin"]["positive"] <= 1.0
         # the refinement started at the truth: its errors summarised like the fit's
         assert 0.0 <= m["truth_started"]["median_deg"] <= 180.0 and 0.0 <= m["truth_started"]["acc_pi6"] <= 1.0
+        assert 0 <= m["truth_started"]["search_misses"] <= m["truth_started"]["failures"] <= 2
     assert result["levels"]["L2"]["occlusion"] > 0.3  # level 2 hides 40-60% of the object
-    assert "margin at truth" in table and "from truth" in table
+    assert "margin at truth" in table and "from truth" in table and "search misses" in table
 
 
 def test_truth_started_fits_start_at_the_test_sets_true_pose(tmp_path):
@@ -74,9 +75,41 @@ def test_truth_started_fits_start_at_the_test_sets_true_pose(tmp_path):
     model = PoseModel.load(tmp_path / "model")
     samples = bench.test_set(CHAIR, BuildConfig(), 1, 3)
     still = bench.truth_started(model, samples, 2, FitConfig(steps=0))
-    assert still["median_deg"] < 0.01 and still["acc_pi18"] == 1.0
-    moved = bench.truth_started(model, samples, 2, FitConfig(steps=30))  # random features pull it away
-    assert moved["median_deg"] > still["median_deg"]
+    assert still[0]["median_deg"] < 0.01 and still[0]["acc_pi18"] == 1.0
+    moved, err, started = bench.truth_started(model, samples, 2, FitConfig(steps=30))  # random features pull it away
+    assert moved["median_deg"] > still[0]["median_deg"] and len(started) == 3
+    assert torch.allclose(err, bench.rotation_error(
+        torch.stack([r.R for r in started]).double(), torch.stack([s["R"] for s in samples]).double()) * 180 / math.pi)
+
+
+def test_search_misses_blames_the_search_when_the_truth_scores_better(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from neural_mesh.build import BuildConfig
+    from neural_mesh.fitting import FitConfig
+
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    model = PoseModel.load(tmp_path / "model")
+    samples = bench.test_set(CHAIR, BuildConfig(), 0, 3)
+    still = FitConfig(steps=0)  # no refinement: a pose's score is its own loss on the crop
+    _, _, started = bench.truth_started(model, samples, 3, still)
+    truth = [(r.R, r.t) for r in started]
+    failed = torch.tensor([90.0, 90.0, 5.0])  # the third is no failure: not judged
+    assert bench.search_misses(model, samples, truth, started, torch.full((3,), 5.0), still) == (0, 0)
+    assert bench.search_misses(model, samples, truth, started, failed, still) == (2, 0)  # equal scores: no miss
+    # a "fitted" pose scored higher than the truth is the loss's fault, lower the search's
+    better = [replace(r, score=r.score + 1.0) for r in started]
+    worse = [replace(r, score=r.score - 1.0) for r in started]
+    assert bench.search_misses(model, samples, truth, worse, failed, still) == (2, 0)
+    assert bench.search_misses(model, samples, truth, better, failed, still) == (2, 2)
+    # the failed poses are refined again on the truth-started crop (the true pose's box)
+    seen = []
+    fit = PoseModel.fit
+    monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: seen.append(k) or fit(self, *a, **k))
+    bench.search_misses(model, samples, truth, started, failed, still)
+    assert seen[0]["bbox"] == [model.projected_box(samples[i]["R"], samples[i]["t"], samples[i]["K"]) for i in (0, 1)]
+    assert seen[0]["config"].top_k == 0
 
 
 def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):

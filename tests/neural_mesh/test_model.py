@@ -133,6 +133,40 @@ def test_fit_returns_poses_in_photo_pixels(tiny_model):
         tiny_model.fit(images, Ks[:1], config=quick)
 
 
+def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypatch):
+    # stub passes: the first scores 0.5 everywhere, the second per image; the object sits
+    # at the training scale and centre, so only the scores decide
+    from neural_mesh.fitting import PoseResult
+
+    K = intrinsics(60.0, 60.0, 31.5, 31.5)
+    R, t = angles_to_pose(torch.tensor(0.3), torch.tensor(0.2), torch.tensor(0.0), torch.tensor(5.0))
+    box = tiny_model.projected_box(R, t, K)
+    t = t * max(box[2] - box[0], box[3] - box[1]) / (tiny_model.box_fraction * 64)  # box_fraction of the photo
+    box = tiny_model.projected_box(R, t, K)
+    calls = []
+
+    def fake(self, images, Ks, boxes, config, init=None):
+        calls.append((boxes, init))
+        scores = [0.5] * len(images) if init is None else [0.7, 0.3][: len(images)]
+        return [PoseResult(R=R, t=t, azimuth=0.0, elevation=0.0, theta=0.0, distance=float(t[2]), u0=31.5,
+                           v0=31.5, score=sc, loss_curve=[], seconds=0.0) for sc in scores]
+
+    monkeypatch.setattr(PoseModel, "_fit_once", fake)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    assert not tiny_model._needs_recrop(fake(tiny_model, images[:1], [K], [None], None)[0], images[0], K)
+    calls.clear()
+    res = tiny_model.fit(images, [K, K])
+    assert [r.score for r in res] == [0.7, 0.5]  # the second fit where it scored higher
+    assert len(calls) == 2 and calls[1][1] is not None  # one second pass, started at the first poses
+    assert calls[1][0] == [tiny_model.projected_box(R, t, K)] * 2
+    calls.clear()
+    assert [r.score for r in tiny_model.fit(images, [K, K], recrop=False)] == [0.5, 0.5] and len(calls) == 1
+    # a given box: no second pass for that photo
+    calls.clear()
+    res = tiny_model.fit(images, [K, K], bbox=[box, None])
+    assert [r.score for r in res] == [0.5, 0.7] and len(calls[1][0]) == 1
+
+
 def test_fit_from_init_poses_crops_around_them_and_returns_them_unrefined(tiny_model, monkeypatch):
     # top_k=0 and no steps: the result is the start itself, through the crop and back
     torch.manual_seed(2)
