@@ -18,8 +18,11 @@ for another mesh file). Without it, one is built from the mesh
 about 7 minutes on 2 CPU cores with the defaults, progress on stderr) and cached in
 ``--cache DIR`` (default ``$MESHPOSE_CACHE`` or ``~/.cache/meshpose``), keyed by the
 mesh file's content and the build settings, so later runs start at once.
-``--build-steps`` and ``--build-size`` change the build settings (fewer steps or smaller
-renders: faster to build, worse poses).
+``--build-steps``, ``--build-size`` and ``--build-occlusion`` change the build settings
+(fewer steps or smaller renders: faster to build, worse poses). The most accurate build
+measured so far is ``--build-steps 12000 --build-occlusion 0 0.5`` (occluders hiding up to
+half of the object in the training renders; about 80 minutes on 2 CPU cores, once): see
+the README's status section for its accuracy.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
 pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
@@ -153,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
                      help=f"training steps when building a model (default {BuildConfig.steps})")
     adv.add_argument("--build-size", type=_build_size, metavar="S",
                      help=f"side of the training renders when building a model (default {BuildConfig.image_size})")
+    adv.add_argument("--build-occlusion", type=_number, nargs=2, metavar=("LOW", "HIGH"),
+                     help="hidden fraction of the object under occluders in the training renders when building "
+                          "a model (default 0 0: none; 0 0.5 with --build-steps 12000 is the most accurate build "
+                          "measured)")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     return p
@@ -253,7 +260,7 @@ def gather(args: argparse.Namespace) -> Job:
             raise InputError("expected at least one IMAGE to fit")
         paths, mesh_path, out = [Path(p) for p in args.images], args.mesh, args.out
     if args.model is not None:
-        for name in ("cache", "build_steps", "build_size"):
+        for name in ("cache", "build_steps", "build_size", "build_occlusion"):
             if getattr(args, name) is not None:
                 raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
     if args.K is not None:
@@ -299,7 +306,12 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
         changes["steps"] = args.build_steps
     if args.build_size is not None:
         changes["image_size"] = args.build_size
-    config = BuildConfig(**changes)
+    if args.build_occlusion is not None:
+        changes["occlusion"] = tuple(args.build_occlusion)
+    try:
+        config = BuildConfig(**changes)
+    except ValueError as error:
+        raise InputError(f"--build-occlusion: {error}") from None
     cache = args.cache if args.cache is not None else default_cache_dir()
     target = model_cache_path(mesh_path, config, cache)
     if (target / "model.json").is_file():

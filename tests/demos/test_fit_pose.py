@@ -223,6 +223,21 @@ def test_model_built_for_another_mesh_is_a_warning(fp, model_dir, shifted):
     assert messages == []
 
 
+def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path):
+    seen = []
+
+    def fake_build(mesh, config, cache_dir=None, progress=True):
+        seen.append(config)
+        raise SystemExit(0)  # stop before training
+
+    monkeypatch.setattr(fp, "build_model", fake_build)
+    with pytest.raises(SystemExit):
+        fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-steps", "12000",
+                 "--build-occlusion", "0", "0.5", "--build-size", "96"])
+    assert seen[0].steps == 12000 and seen[0].occlusion == (0.0, 0.5) and seen[0].image_size == 96
+    assert "12000 training steps on 96 x 96 renders" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_build_caches_the_model_and_reuses_it(fp, capsys, monkeypatch, tmp_path):
     """Without --model the model is built into --cache (or $MESHPOSE_CACHE) once."""
@@ -253,7 +268,8 @@ BAD_CASES = (
     "missing image", "corrupt image", "second image corrupt", "missing mesh", "corrupt mesh", "zero focal",
     "nan focal", "K count", "K negative", "K inf", "K text", "focal and K", "bbox order", "bbox nan",
     "bbox outside", "missing model", "corrupt model json", "corrupt model weights", "out is a file",
-    "image without mesh", "mesh without image", "build option with model", "tiny build size", "example with K",
+    "image without mesh", "mesh without image", "build option with model", "tiny build size", "build occlusion order",
+    "build occlusion with model", "example with K",
     "unknown option",
 )
 
@@ -298,6 +314,8 @@ def _bad_inputs(tmp: Path, model_dir: Path, shifted: Path) -> dict[str, tuple[li
         "mesh without image": ([*mesh, *model], "IMAGE"),
         "build option with model": ([img, *mesh, *model, "--build-steps", "3"], "--build-steps"),
         "tiny build size": ([img, *mesh, "--build-size", "8"], "--build-size"),
+        "build occlusion order": ([img, *mesh, "--build-occlusion", "0.6", "0.2"], "--build-occlusion"),
+        "build occlusion with model": ([img, *mesh, *model, "--build-occlusion", "0", "0.5"], "--build-occlusion"),
         "example with K": (["--K", "500", "500", "160", "120"], "--K"),
         "unknown option": ([img, *mesh, "--frobnicate"], "--frobnicate"),
     }
