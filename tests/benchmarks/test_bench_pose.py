@@ -112,6 +112,26 @@ def test_search_misses_blames_the_search_when_the_truth_scores_better(tmp_path, 
     assert seen[0]["config"].top_k == 0
 
 
+def test_bench_pose_box_gives_render_and_compare_the_true_box(tmp_path, capsys, monkeypatch):
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    boxes = []
+    fit = PoseModel.fit
+    monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: boxes.append(k.get("bbox")) or fit(self, *a, **k))
+    out = tmp_path / "r.json"
+    args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "2",
+            "--levels", "0", "--singles", "1", "--threads", "1", "--box", "--json", str(out)]
+    assert bench.main(args) == 0
+    assert "render-and-compare given the true box" in capsys.readouterr().out
+    assert json.loads(out.read_text())["box"] is True
+    samples = bench.test_set(CHAIR, bench.BuildConfig(), 0, 2)
+    assert boxes[0] == [s["bbox"].tolist() for s in samples]  # the batched fit
+    assert boxes[1] == [samples[0]["bbox"].tolist()]  # the single-image timing
+    boxes.clear()
+    assert bench.main(args[:-3] + ["--json", str(out)]) == 0
+    assert boxes[0] is None and json.loads(out.read_text())["box"] is False
+
+
 def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     save_tiny_model(tmp_path / "model", num_verts=40)
     bench = load_bench()
