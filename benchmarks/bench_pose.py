@@ -28,10 +28,10 @@ clutter model and the share of them the object explains better
 than accuracy on a few dozen images. "from truth" is the median error of the refinement
 started at the true pose (``PoseModel.fit(init=...)`` with ``FitConfig(top_k=0)``): how far
 the loss's own minimum lies from the truth. "search misses" splits the fit's failures
-(error >= 30 deg): "2 of 5" means that for 2 of them the pose refined from the truth has
-a higher score than the fitted one refined again on the same crop (the search missed the
-better basin); for the other 3 the loss itself prefers the wrong pose, and only better
-features can help.
+(error >= 30 deg): "2 of 5" means that for 2 of them the pose refined from the truth is
+right (within 30 deg) and scores higher than the fitted one refined again on the same
+crop (the search missed the better basin); for the other 3 the loss itself prefers a
+wrong pose, and only better features can help.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600] [--occlusion 0 0.5]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
@@ -174,14 +174,15 @@ def truth_started(model: PoseModel, samples, batch: int,
 
 
 def search_misses(model: PoseModel, samples, fitted: list, started: list, err: torch.Tensor,
-                  config: FitConfig = FitConfig()) -> tuple[int, int]:
+                  started_err: torch.Tensor, config: FitConfig = FitConfig()) -> tuple[int, int]:
     """Of the fit's failures (``err >= 30`` deg), how many are the search's fault.
 
-    ``fitted``: the fit's ``(R, t)`` per sample; ``started``: :func:`truth_started`'s
-    results. Each failed pose is refined again on the truth-started run's feature map (the
-    photo cropped around the true pose's box), so that both are local minima of one loss;
-    a *miss* is a failure whose truth-started pose scores higher there: the search did not
-    reach the better basin. For the other failures the loss itself prefers the wrong pose.
+    ``fitted``: the fit's ``(R, t)`` per sample; ``started``, ``started_err``:
+    :func:`truth_started`'s results and errors. Each failed pose is refined again on the
+    truth-started run's feature map (the photo cropped around the true pose's box), so
+    that both are local minima of one loss; a *miss* is a failure whose truth-started pose
+    is right (within 30 deg) and scores higher there: the search did not reach the better
+    basin. For the other failures the loss itself prefers a wrong pose.
     Returns ``(failures, misses)``."""
     bad = (err >= 30).nonzero().flatten().tolist()
     if not bad:
@@ -192,7 +193,7 @@ def search_misses(model: PoseModel, samples, fitted: list, started: list, err: t
     init = (torch.stack([fitted[i][0] for i in bad]), torch.stack([fitted[i][1] for i in bad]))
     again = model.fit([samples[i]["image"] for i in bad], [samples[i]["K"] for i in bad], bbox=boxes, init=init,
                       config=dataclasses.replace(config, top_k=0))
-    return len(bad), sum(int(started[i].score > r.score) for i, r in zip(bad, again))
+    return len(bad), sum(int(started[i].score > r.score and started_err[i] < 30) for i, r in zip(bad, again))
 
 
 def eval_regression(regressor, samples, batch: int, model: PoseModel) -> tuple[dict, torch.Tensor]:
@@ -313,8 +314,8 @@ def main(argv=None) -> int:
         fit_config = FitConfig(loss=args.loss, polish=args.polish)
         nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, args.box)
         nemo["true_pose_margin"] = true_pose_margins(model, samples, args.batch)
-        nemo["truth_started"], _, started = truth_started(model, samples, args.batch, fit_config)
-        failures, misses = search_misses(model, samples, fitted, started, err, fit_config)
+        nemo["truth_started"], started_err, started = truth_started(model, samples, args.batch, fit_config)
+        failures, misses = search_misses(model, samples, fitted, started, err, started_err, fit_config)
         nemo["truth_started"].update(failures=failures, search_misses=misses)
         res = {"occlusion": occ, "render_and_compare": nemo}
         if regressor is not None:

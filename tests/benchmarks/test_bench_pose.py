@@ -93,21 +93,26 @@ def test_search_misses_blames_the_search_when_the_truth_scores_better(tmp_path, 
     model = PoseModel.load(tmp_path / "model")
     samples = bench.test_set(CHAIR, BuildConfig(), 0, 3)
     still = FitConfig(steps=0)  # no refinement: a pose's score is its own loss on the crop
-    _, _, started = bench.truth_started(model, samples, 3, still)
+    _, started_err, started = bench.truth_started(model, samples, 3, still)
+    assert float(started_err.max()) < 0.01
     truth = [(r.R, r.t) for r in started]
     failed = torch.tensor([90.0, 90.0, 5.0])  # the third is no failure: not judged
-    assert bench.search_misses(model, samples, truth, started, torch.full((3,), 5.0), still) == (0, 0)
-    assert bench.search_misses(model, samples, truth, started, failed, still) == (2, 0)  # equal scores: no miss
+    ok = torch.full((3,), 5.0)
+    assert bench.search_misses(model, samples, truth, started, ok, started_err, still) == (0, 0)
+    assert bench.search_misses(model, samples, truth, started, failed, started_err, still) == (2, 0)  # equal scores
     # a "fitted" pose scored higher than the truth is the loss's fault, lower the search's
     better = [replace(r, score=r.score + 1.0) for r in started]
     worse = [replace(r, score=r.score - 1.0) for r in started]
-    assert bench.search_misses(model, samples, truth, worse, failed, still) == (2, 0)
-    assert bench.search_misses(model, samples, truth, better, failed, still) == (2, 2)
+    assert bench.search_misses(model, samples, truth, worse, failed, started_err, still) == (2, 0)
+    assert bench.search_misses(model, samples, truth, better, failed, started_err, still) == (2, 2)
+    # ... unless the truth-started pose itself drifted off (>= 30 deg): then the loss is wrong there too
+    drifted = torch.tensor([45.0, 5.0, 5.0])
+    assert bench.search_misses(model, samples, truth, better, failed, drifted, still) == (2, 1)
     # the failed poses are refined again on the truth-started crop (the true pose's box)
     seen = []
     fit = PoseModel.fit
     monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: seen.append(k) or fit(self, *a, **k))
-    bench.search_misses(model, samples, truth, started, failed, still)
+    bench.search_misses(model, samples, truth, started, failed, started_err, still)
     assert seen[0]["bbox"] == [model.projected_box(samples[i]["R"], samples[i]["t"], samples[i]["K"]) for i in (0, 1)]
     assert seen[0]["config"].top_k == 0
 
