@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -165,6 +166,13 @@ def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypat
     calls.clear()
     res = tiny_model.fit(images, [K, K], bbox=[box, None])
     assert [r.score for r in res] == [0.5, 0.7] and len(calls[1][0]) == 1
+    # a first fit far from the training scale (object 3x smaller): the second fit is
+    # kept even where it scores lower (the scores of the two crops are not comparable)
+    far = dict(t=t * 3)
+    monkeypatch.setattr(PoseModel, "_fit_once", lambda self, im, Ks, bx, cfg, init=None: [
+        replace(r, **(far if init is None else {})) for r in fake(self, im, Ks, bx, cfg, init)])
+    res = tiny_model.fit(images, [K, K])
+    assert [r.score for r in res] == [0.7, 0.3]
 
 
 def test_fit_from_init_poses_crops_around_them_and_returns_them_unrefined(tiny_model, monkeypatch):
