@@ -20,8 +20,8 @@ object hidden), L2 (40-60 %), L3 (60-80 %); with ``--renderer raycast`` they are
 materials and lighting, floors with cast shadows, 3D occluders). The table gives Acc@pi/6, Acc@pi/18 and the
 median rotation error per level and method, and seconds per image: render-and-compare
 fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
-images one at a time (the "single" time, the default interactive case). The last two
-columns judge the features apart from the search. "margin at truth" is the model's
+images one at a time (the "single" time, the default interactive case). The last three
+columns say where the errors come from, the features or the search. "margin at truth" is the model's
 evidence for the *true* pose: the mean margin of the rendered object's pixels over the
 clutter model and the share of them the object explains better
 (:func:`neural_mesh.fitting.object_margins`); it tracks training quality with less noise
@@ -306,8 +306,8 @@ def main(argv=None) -> int:
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True, device=device)
 
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion), "n": args.n,
-                         "loss": args.loss,
-                         "polish": args.polish, "box": args.box, "renderer": args.renderer, "device": str(device), "levels": {}}
+                         "loss": args.loss, "polish": args.polish, "box": args.box, "renderer": args.renderer,
+                         "device": str(device), "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n, args.renderer)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
@@ -328,10 +328,9 @@ def main(argv=None) -> int:
                 single = "-" if math.isnan(single) else f"{single:.3f}"
                 margin = m.get("true_pose_margin")
                 margin = f"{margin['mean']:+.3f} ({margin['positive']:.0%})" if margin else "-"
-                start = m.get("truth_started")
-                start = f"{start['median_deg']:.1f}" if start else "-"
-                missed = m.get("truth_started")
-                missed = f"{missed['search_misses']} of {missed['failures']}" if missed else "-"
+                ts = m.get("truth_started")
+                start = f"{ts['median_deg']:.1f}" if ts else "-"
+                missed = f"{ts['search_misses']} of {ts['failures']}" if ts else "-"
                 rows.append(f"| L{level} ({occ:3.0%} hidden) | {method:18s} | {m['acc_pi6']:8.1%} | {m['acc_pi18']:9.1%} | "
                             f"{m['median_deg']:6.1f} | {m['s_per_image_batched']:11.3f} | {single:>7s} | "
                             f"{margin:>15s} | {start:>10s} | {missed:>13s} |")
