@@ -31,7 +31,10 @@ principal point at the image centre. Without either, the focal length is **guess
 the image centre (:func:`render.default_intrinsics`); a wrong focal length mostly changes
 the fitted distance. The same intrinsics and the same ``--bbox`` (the object's box in
 pixels, ``x0 y0 x1 y1``) apply to every IMAGE, so give ``--bbox`` with one image (or with
-photos that share a framing). All images are fitted in one batch.
+photos that share a framing). Images are fitted in batches of ``FIT_BATCH`` (8), with a
+progress bar on stderr when there is more than one batch; each batch's lines and files
+are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
+what it finished. Batching does not change the poses (each image is fitted on its own).
 
 **Output.** One line per image on stdout; with ``--json`` exactly one JSON object per image
 per line and nothing else on stdout (messages and progress go to stderr)::
@@ -82,6 +85,7 @@ from typing import Any
 
 import imageio.v3 as iio
 import torch
+from tqdm import tqdm
 
 from datasets.realdata import read_image
 from neural_mesh.build import BuildConfig, build_model, default_cache_dir, model_cache_path
@@ -400,6 +404,9 @@ def _label(path: Path) -> str:
 
 # ---------------------------------------------------------------------------- main
 
+#: images fitted together (one PoseModel.fit call); the results do not depend on it
+FIT_BATCH = 8
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
@@ -422,18 +429,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
     config = FitConfig() if args.fit_steps is None else FitConfig(steps=args.fit_steps)
-    bbox = [job.bbox] * len(job.images) if job.bbox is not None else None
-    try:
-        results = model.fit(job.images, job.Ks, bbox=bbox, config=config)
-    except KeyboardInterrupt:
-        log(f"{PROG}: interrupted")
-        return 130
-
+    n = len(job.images)
     labels = [_label(path) if job.example is not None else str(path) for path in job.paths]
-    records = [pose_record(model, r, label) for r, label in zip(results, labels)]
+    stems = output_stems(job.paths)
     say = log if args.json else print
-    for record in records:
-        print(json.dumps(record) if args.json else describe(record), flush=True)
+    records: list[dict[str, Any]] = []
+    written = 0
+    bar = tqdm(total=n, unit="image", desc=PROG, file=sys.stderr, dynamic_ncols=True, disable=n <= FIT_BATCH)
+    try:
+        for start in range(0, n, FIT_BATCH):
+            batch = range(start, min(n, start + FIT_BATCH))
+            results = model.fit([job.images[i] for i in batch], [job.Ks[i] for i in batch], config=config,
+                                bbox=[job.bbox] * len(batch) if job.bbox is not None else None)
+            done = [pose_record(model, r, labels[i]) for r, i in zip(results, batch)]
+            for record in done:
+                tqdm.write(json.dumps(record) if args.json else describe(record), file=sys.stdout)
+            sys.stdout.flush()
+            records += done
+            if job.out is not None:
+                try:
+                    written += len(write_outputs(job.out, output_files(job, batch, stems, done)))
+                except OSError as e:
+                    bar.close()
+                    log(f"{PROG}: error: {job.out}: cannot write ({' '.join(str(e).split())})")
+                    return 2
+            bar.update(len(batch))
+    except KeyboardInterrupt:
+        bar.close()
+        log(f"{PROG}: interrupted after {len(records)} of {n} images")
+        return 130
+    bar.close()
 
     if job.example is not None:
         R_gt, t_gt = job.example.R, job.example.t
@@ -445,22 +470,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"distance {float(t_gt.norm()):.4g}")
         say(f"rotation error {rot:.1f} deg, translation error {trans:.3g} "
             f"({100 * trans / float(t_gt.norm()):.1f} % of the distance)")
-
     if job.out is not None:
-        files: dict[str, bytes] = {}
-        for stem, record, image, K in zip(output_stems(job.paths), records, job.images, job.Ks):
-            R = torch.tensor(record["R"], dtype=torch.float64)
-            t = torch.tensor(record["t"], dtype=torch.float64)
-            picture = overlay(image, job.mesh, R, t, K)
-            files[f"{stem}_pose.json"] = (json.dumps(record, indent=2) + "\n").encode()
-            files[f"{stem}_overlay.png"] = iio.imwrite("<bytes>", picture, extension=".png")
-        try:
-            written = write_outputs(job.out, files)
-        except OSError as e:
-            log(f"{PROG}: error: {job.out}: cannot write ({' '.join(str(e).split())})")
-            return 2
-        say(f"wrote {len(written)} files to {job.out}/")
+        say(f"wrote {written} files to {job.out}/")
     return 0
+
+
+def output_files(job, batch: Sequence[int], stems: Sequence[str], records: Sequence[dict[str, Any]]) -> dict[str, bytes]:
+    """``{name: bytes}`` of the images ``batch``: the JSON record and the overlay PNG each."""
+    files: dict[str, bytes] = {}
+    for i, record in zip(batch, records):
+        R = torch.tensor(record["R"], dtype=torch.float64)
+        t = torch.tensor(record["t"], dtype=torch.float64)
+        picture = overlay(job.images[i], job.mesh, R, t, job.Ks[i])
+        files[f"{stems[i]}_pose.json"] = (json.dumps(record, indent=2) + "\n").encode()
+        files[f"{stems[i]}_overlay.png"] = iio.imwrite("<bytes>", picture, extension=".png")
+    return files
 
 
 if __name__ == "__main__":

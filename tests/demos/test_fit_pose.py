@@ -183,6 +183,48 @@ def test_json_lines_and_out_files(fp, capsys, photos, shifted, model_dir, tmp_pa
         assert (overlay == rgb).all(axis=2).mean() > 0.5  # the photo, as RGB, outside the mesh
 
 
+def test_many_images_are_fitted_in_batches_with_progress_and_streamed(fp, capsys, shifted, model_dir, tmp_path,
+                                                                      monkeypatch):
+    # 10 small photos: two batches (8 + 2), a progress bar, every record out; the poses do
+    # not depend on the batching
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rgb = iio.imread(EXAMPLE_PNG)[::4, ::4]
+    paths = []
+    for i in range(10):
+        paths.append(folder / f"p{i}.png")
+        iio.imwrite(paths[-1], np.roll(rgb, 3 * i, axis=1))
+    sizes = []
+    fit = PoseModel.fit
+    monkeypatch.setattr(PoseModel, "fit", lambda self, images, *a, **k: sizes.append(len(images)) or fit(
+        self, images, *a, **k))
+    out = tmp_path / "out"
+    code, stdout, err = run(fp, capsys, *paths, "--mesh", shifted, "--model", model_dir, "--json", "--out", out, *FAST)
+    assert code == 0, err
+    assert sizes == [8, 2]
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert [rec["image"] for rec in lines] == [str(p) for p in paths]
+    assert "10/10" in err  # the progress bar (stderr only)
+    assert len(list(out.glob("*_pose.json"))) == 10 and len(list(out.glob("*_overlay.png"))) == 10
+    sizes.clear()
+    code, one_out, _ = run(fp, capsys, paths[9], "--mesh", shifted, "--model", model_dir, "--json", *FAST)
+    assert json.loads(one_out)["R"] == lines[9]["R"] and sizes == [1]
+
+    # Ctrl-C during the second batch: the first batch's lines and files are kept, exit 130
+    def interrupted(self, images, *a, **k):
+        if sizes:
+            raise KeyboardInterrupt
+        sizes.append(len(images))
+        return fit(self, images, *a, **k)
+
+    sizes.clear()
+    monkeypatch.setattr(PoseModel, "fit", interrupted)
+    out2 = tmp_path / "out2"
+    code, stdout, err = run(fp, capsys, *paths, "--mesh", shifted, "--model", model_dir, "--json", "--out", out2, *FAST)
+    assert code == 130 and "interrupted after 8 of 10 images" in err
+    assert len(stdout.splitlines()) == 8 and len(list(out2.glob("*_pose.json"))) == 8
+
+
 def test_file_frame_record_matches_the_model_frame_fit(fp, model_dir, shifted):
     """The JSON's (R, t) in file coordinates project the model frame's origin (the mesh's
     bounding-box centre in the file) to the fit's (u0, v0), and every file vertex to where
