@@ -34,7 +34,8 @@ pixels, ``x0 y0 x1 y1``) apply to every IMAGE, so give ``--bbox`` with one image
 photos that share a framing). Images are fitted in batches of ``FIT_BATCH`` (8), with a
 progress bar on stderr when there is more than one batch; each batch's lines and files
 are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
-what it finished. Batching does not change the poses (each image is fitted on its own).
+what it finished, and with ``--out DIR --resume`` a rerun goes on from there (below).
+Batching does not change the poses (each image is fitted on its own).
 
 **Output.** One line per image on stdout; with ``--json`` exactly one JSON object per image
 per line and nothing else on stdout (messages and progress go to stderr)::
@@ -53,7 +54,11 @@ means nothing better than clutter, and it is comparable only between fits by one
 ``DIR/<stem>_pose.json`` (the same object) and ``DIR/<stem>_overlay.png``: the mesh
 rendered at the fitted pose with the photo's intrinsics, blended over the photo, with its
 silhouette outlined (images sharing a stem get ``<stem>_1``, ``<stem>_2``, ...). Files
-are written atomically.
+are written atomically, batch by batch, and ``DIR/fit_pose_state.json`` records for each
+stem a key of what made it (the image file's content, the model, ``K``, the box and the
+fit settings). ``--resume`` skips the images whose key and files are already in ``DIR``
+(an interrupted run goes on where it stopped); their records are printed first, read
+from their JSON files.
 
 **The bundled example.** Without IMAGE and ``--mesh``, the program fits
 ``demos/data/chair_example.png`` (a synthetic photo made by ``demos/make_example.py``) with
@@ -73,6 +78,8 @@ converted to RGB; pixels are used as stored (an EXIF orientation tag is ignored,
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -166,6 +173,9 @@ def parser() -> argparse.ArgumentParser:
                           "measured)")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
+    adv.add_argument("--resume", action="store_true",
+                     help="with --out: skip images already fitted into --out by a run with the same image, "
+                          "model, camera, box and fit settings (an interrupted run goes on)")
     return p
 
 
@@ -277,6 +287,8 @@ def gather(args: argparse.Namespace) -> Job:
         if not all(math.isfinite(v) for v in args.bbox) or not (x1 > x0 and y1 > y0):
             raise InputError(f"--bbox: expected finite X0 < X1 and Y0 < Y1 (pixels), got {args.bbox}")
         bbox = [float(v) for v in args.bbox]
+    if args.resume and out is None:
+        raise InputError("--resume: only with --out DIR (it skips what an earlier run wrote there)")
     if out is not None:
         _check_out(out)
     mesh = load_mesh(mesh_path)  # MeshError names the file
@@ -394,6 +406,51 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> list[Path]:
     return [out / name for name in files]
 
 
+STATE_FILE = "fit_pose_state.json"
+STATE_FORMAT = "meshpose_fit_pose_state"
+
+
+def model_identity(model: PoseModel) -> str:
+    """sha256 of everything that decides a model's fits: weights, neural mesh, crop scale."""
+    h = hashlib.sha256()
+    tensors = dict(sorted(model.backbone.state_dict().items()))
+    tensors.update(verts=model.nmesh.verts, faces=model.nmesh.faces, features=model.nmesh.features,
+                   clutter=model.nmesh.clutter, mesh_center=model.mesh_center)
+    for name, tensor in tensors.items():
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    h.update(json.dumps([list(model.image_size), model.box_fraction, model.mesh_scale]).encode())
+    return h.hexdigest()
+
+
+def fit_key(image_sha: str, model_id: str, K: torch.Tensor, bbox, config: FitConfig) -> str:
+    """What made an image's outputs (the resume key of ``fit_pose_state.json``)."""
+    what = {"image": image_sha, "model": model_id, "K": K.tolist(), "bbox": bbox, "fit": dataclasses.asdict(config)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def read_state(out: Path) -> dict[str, str]:
+    """``{stem: key}`` from ``out/fit_pose_state.json``; empty when missing or unreadable."""
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or not isinstance(state.get("keys"), dict):
+        return {}
+    return {str(k): str(v) for k, v in state["keys"].items()}
+
+
+def resumed_record(out: Path, stem: str) -> dict[str, Any] | None:
+    """The record in ``out/<stem>_pose.json`` when it and the overlay are there, else None."""
+    if not (out / f"{stem}_overlay.png").is_file():
+        return None
+    try:
+        record = json.loads((out / f"{stem}_pose.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _label(path: Path) -> str:
     """``path`` as given, or relative to the working directory for the bundled example."""
     try:
@@ -433,22 +490,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = [_label(path) if job.example is not None else str(path) for path in job.paths]
     stems = output_stems(job.paths)
     say = log if args.json else print
-    records: list[dict[str, Any]] = []
+    records: dict[int, dict[str, Any]] = {}
     written = 0
-    bar = tqdm(total=n, unit="image", desc=PROG, file=sys.stderr, dynamic_ncols=True, disable=n <= FIT_BATCH)
+    keys, state = [], {}
+    if job.out is not None:
+        model_id = model_identity(model)
+        keys = [fit_key(file_sha256(path), model_id, K, job.bbox, config) for path, K in zip(job.paths, job.Ks)]
+        state = read_state(job.out)
+    if args.resume:
+        for i in range(n):
+            record = resumed_record(job.out, stems[i]) if state.get(stems[i]) == keys[i] else None
+            if record is not None:
+                records[i] = record
+                print(json.dumps(record) if args.json else describe(record), flush=True)
+        log(f"{PROG}: resumed {len(records)} of {n} images from {job.out}/")
+    todo = [i for i in range(n) if i not in records]
+    bar = tqdm(total=len(todo), unit="image", desc=PROG, file=sys.stderr, dynamic_ncols=True,
+               disable=len(todo) <= FIT_BATCH)
     try:
-        for start in range(0, n, FIT_BATCH):
-            batch = range(start, min(n, start + FIT_BATCH))
+        for start in range(0, len(todo), FIT_BATCH):
+            batch = todo[start:start + FIT_BATCH]
             results = model.fit([job.images[i] for i in batch], [job.Ks[i] for i in batch], config=config,
                                 bbox=[job.bbox] * len(batch) if job.bbox is not None else None)
             done = [pose_record(model, r, labels[i]) for r, i in zip(results, batch)]
             for record in done:
                 tqdm.write(json.dumps(record) if args.json else describe(record), file=sys.stdout)
             sys.stdout.flush()
-            records += done
+            records.update(zip(batch, done))
             if job.out is not None:
+                files = output_files(job, batch, stems, done)
+                state.update((stems[i], keys[i]) for i in batch)
+                files[STATE_FILE] = (json.dumps({"format": STATE_FORMAT, "keys": state}, indent=1) + "\n").encode()
                 try:
-                    written += len(write_outputs(job.out, output_files(job, batch, stems, done)))
+                    written += len(write_outputs(job.out, files)) - 1
                 except OSError as e:
                     bar.close()
                     log(f"{PROG}: error: {job.out}: cannot write ({' '.join(str(e).split())})")
@@ -456,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.update(len(batch))
     except KeyboardInterrupt:
         bar.close()
-        log(f"{PROG}: interrupted after {len(records)} of {n} images")
+        log(f"{PROG}: interrupted after {len(records)} of {n} images"
+            + (" (--resume goes on from there)" if job.out is not None else ""))
         return 130
     bar.close()
 

@@ -172,7 +172,7 @@ def test_json_lines_and_out_files(fp, capsys, photos, shifted, model_dir, tmp_pa
     # the two photo.png get distinct stems; no temporary file is left (grey, RGBA and
     # 16-bit photos are read as RGB)
     stems = ["photo", "photo_1"]
-    expected = {f"{s}_{kind}" for s in stems for kind in ("pose.json", "overlay.png")}
+    expected = {f"{s}_{kind}" for s in stems for kind in ("pose.json", "overlay.png")} | {"fit_pose_state.json"}
     assert {p.name for p in out_dir.iterdir()} == expected
     for stem, record, path in zip(stems, records, photos):
         assert json.loads((out_dir / f"{stem}_pose.json").read_text()) == record
@@ -223,6 +223,28 @@ def test_many_images_are_fitted_in_batches_with_progress_and_streamed(fp, capsys
     code, stdout, err = run(fp, capsys, *paths, "--mesh", shifted, "--model", model_dir, "--json", "--out", out2, *FAST)
     assert code == 130 and "interrupted after 8 of 10 images" in err
     assert len(stdout.splitlines()) == 8 and len(list(out2.glob("*_pose.json"))) == 8
+
+    # --resume goes on: only the last 2 are fitted; the 8 done are printed first, as written
+    monkeypatch.setattr(PoseModel, "fit", lambda self, images, *a, **k: sizes.append(len(images)) or fit(
+        self, images, *a, **k))
+    sizes.clear()
+    first = [json.loads(line) for line in stdout.splitlines()]
+    args = [*paths, "--mesh", shifted, "--model", model_dir, "--json", "--out", out2, "--resume"]
+    code, stdout, err = run(fp, capsys, *args, *FAST)
+    assert code == 0 and sizes == [2] and "resumed 8 of 10 images" in err
+    again = [json.loads(line) for line in stdout.splitlines()]
+    assert again[:8] == first and [r["image"] for r in again[8:]] == [str(p) for p in paths[8:]]
+    assert again[8]["R"] == lines[8]["R"]  # same pose as the uninterrupted run
+    # what made an output is checked: another image content or other fit settings are refitted
+    iio.imwrite(paths[0], rgb[:, ::-1])
+    sizes.clear()
+    code, _, err = run(fp, capsys, *args, *FAST)
+    assert code == 0 and sizes == [1] and "resumed 9 of 10 images" in err
+    sizes.clear()
+    code, _, err = run(fp, capsys, *args, "--fit-steps", "1")
+    assert code == 0 and sizes == [8, 2] and "resumed 0 of 10 images" in err
+    code, stdout, err = run(fp, capsys, *paths[:1], "--mesh", shifted, "--model", model_dir, "--resume", *FAST)
+    assert code == 2 and stdout == "" and err.strip() == "fit_pose: error: --resume: only with --out DIR (it skips what an earlier run wrote there)"
 
 
 def test_file_frame_record_matches_the_model_frame_fit(fp, model_dir, shifted):
@@ -446,6 +468,7 @@ def test_example_mode_fits_the_bundled_photo(fp, capsys, chair_model_dir, tmp_pa
     assert "chair_example.png: azimuth" in lines[0]
     assert lines[1].startswith("ground truth: azimuth -47.5 deg")
     assert lines[2].startswith("rotation error ") and "translation error" in lines[2]
-    assert {p.name for p in (tmp_path / "ex").iterdir()} == {"chair_example_pose.json", "chair_example_overlay.png"}
+    assert {p.name for p in (tmp_path / "ex").iterdir()} == {"chair_example_pose.json", "chair_example_overlay.png",
+                                                            "fit_pose_state.json"}
     assert iio.imread(tmp_path / "ex" / "chair_example_overlay.png").shape == (240, 320, 3)
     assert fp.EXAMPLE_OUT == ROOT / "outputs" / "fit_pose"  # the default --out of the example
