@@ -519,10 +519,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             records.update(zip(batch, done))
             if job.out is not None:
                 files = output_files(job, batch, stems, done)
+                outputs = len(files)
                 state.update((stems[i], keys[i]) for i in batch)
                 files[STATE_FILE] = (json.dumps({"format": STATE_FORMAT, "keys": state}, indent=1) + "\n").encode()
                 try:
-                    written += len(write_outputs(job.out, files)) - 1
+                    write_outputs(job.out, files)  # the state file last: it names only files in place
+                    written += outputs
                 except OSError as e:
                     bar.close()
                     log(f"{PROG}: error: {job.out}: cannot write ({' '.join(str(e).split())})")

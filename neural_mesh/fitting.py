@@ -1079,16 +1079,25 @@ def _boxes(bbox, b: int, stride: int, dtype, device) -> list[torch.Tensor | None
     return out
 
 
+def check_init_poses(init, b: int, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``init = (R (b, 3, 3), t (b, 3))`` as tensors (on ``device`` / ``dtype`` when given),
+    checked: a pair, those shapes, finite, the object in front of the camera (``t_z > 0``).
+    One line naming the problem otherwise (``ValueError``)."""
+    if not (isinstance(init, (tuple, list)) and len(init) == 2):
+        raise ValueError("init: expected a pair (R (B, 3, 3), t (B, 3))")
+    R, t = (torch.as_tensor(x).to(device=device, dtype=dtype) for x in init)
+    if R.shape != (b, 3, 3) or t.shape != (b, 3):
+        raise ValueError(f"init: expected R ({b}, 3, 3) and t ({b}, 3), got init R {tuple(R.shape)} "
+                         f"and init t {tuple(t.shape)}")
+    if not (bool(torch.isfinite(R).all()) and bool(torch.isfinite(t).all()) and bool((t[:, 2] > 0).all())):
+        raise ValueError("init: expected finite poses with the object in front of the camera (t_z > 0)")
+    return R, t
+
+
 def _init_starts(init, K_feat: torch.Tensor, b: int) -> torch.Tensor:
     """``(B, 6)`` internal parameters of ``init = (R, t)``: with the feature map's
     intrinsics, :func:`params_from_pose` gives ``(u0, v0)`` in feature cells directly."""
-    if not (isinstance(init, (tuple, list)) and len(init) == 2):
-        raise ValueError("init: expected a pair (R (B, 3, 3), t (B, 3))")
-    R, t = (torch.as_tensor(x).to(K_feat.device, K_feat.dtype) for x in init)
-    check_shape("init R", R, [b, 3, 3])
-    check_shape("init t", t, [b, 3])
-    check_finite("init R", R)
-    check_finite("init t", t)
+    R, t = check_init_poses(init, b, K_feat.device, K_feat.dtype)
     p = params_from_pose(R, t, K_feat)
     return torch.stack([p.azimuth, p.elevation, p.theta, torch.log(p.distance), p.u0, p.v0], dim=1)
 

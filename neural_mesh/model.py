@@ -61,7 +61,7 @@ from render import project_points
 from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import BackboneConfig, FeatureBackbone
-from .fitting import FitConfig, PoseResult, fit_pose
+from .fitting import FitConfig, PoseResult, check_init_poses, fit_pose
 from .neural_mesh import ModelError, NeuralMesh, atomic_directory, file_sha256
 
 __all__ = ["PoseModel", "MODEL_FILE", "BACKBONE_FILE", "MESH_DIR", "crop_intrinsics", "crop_image", "box_fraction_of"]
@@ -252,7 +252,7 @@ class PoseModel:
         if len(boxes) != b:
             raise ValueError(f"bbox: expected {b} boxes or None (one per image), got {len(boxes)}")
         if init is not None:
-            R0, t0 = self._check_init(init, b)
+            R0, t0 = check_init_poses(init, b, self.device)
             boxes = [box if box is not None else self.projected_box(R0[i], t0[i], Ks[i]) for i, box in enumerate(boxes)]
             results = self._fit_once(images, Ks, boxes, config, init=(R0, t0))
             recrop = False
@@ -270,16 +270,6 @@ class PoseModel:
                         results[i] = r
         seconds = (time.perf_counter() - start) / b
         return [replace(r, seconds=seconds) for r in results]
-
-    def _check_init(self, init, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not (isinstance(init, (tuple, list)) and len(init) == 2):
-            raise ValueError("init: expected a pair (R (B, 3, 3), t (B, 3))")
-        R, t = (torch.as_tensor(x, device=self.device) for x in init)
-        if R.shape != (b, 3, 3) or t.shape != (b, 3):
-            raise ValueError(f"init: expected R ({b}, 3, 3) and t ({b}, 3), got {tuple(R.shape)} and {tuple(t.shape)}")
-        if not (bool(torch.isfinite(R).all()) and bool(torch.isfinite(t).all()) and bool((t[:, 2] > 0).all())):
-            raise ValueError("init: expected finite poses with the object in front of the camera (t_z > 0)")
-        return R, t
 
     def _fit_once(self, images, Ks, boxes, config: FitConfig, init=None) -> list[PoseResult]:
         crops, kcs, maps = [], [], []

@@ -1420,7 +1420,8 @@ def default_workers(device: str | torch.device = "cpu") -> int:
     while the training process, one thread fewer, runs the backbone: rendering and the
     backbone take comparable time per step, so the step costs about the larger of the
     two instead of their sum), none on a single core; on a GPU, the CPU cores but one
-    (up to 8): rendering is the bottleneck there. Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks share the cores: none."""
+    (up to 8): rendering is the bottleneck there. Under ``torchrun`` (``WORLD_SIZE`` > 1)
+    the ranks share the cores: none."""
     cores = os.cpu_count() or 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 0

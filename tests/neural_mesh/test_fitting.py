@@ -513,6 +513,8 @@ def test_init_pose_is_a_start_beside_the_grid(model):
         fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, init=(Rt[0], t))
     with pytest.raises(ValueError, match="init: expected a pair"):
         fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, init=Rt)
+    with pytest.raises(ValueError, match="in front of the camera"):
+        fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, init=(Rt, -t))
 
 
 def test_top_k_0_refines_only_the_init_pose(model, monkeypatch):
