@@ -20,8 +20,8 @@ about 7 minutes on 2 CPU cores with the defaults, progress on stderr) and cached
 mesh file's content and the build settings, so later runs start at once.
 ``--build-steps``, ``--build-size`` and ``--build-occlusion`` change the build settings
 (fewer steps or smaller renders: faster to build, worse poses). The most accurate build
-measured so far is ``--build-steps 12000 --build-occlusion 0 0.5`` (occluders hiding up to
-half of the object in the training renders; about 80 minutes on 2 CPU cores, once): see
+measured so far is ``--build-steps 24000 --build-occlusion 0 0.5`` (occluders hiding up to
+half of the object in the training renders; about 2 h 20 min on 2 CPU cores, once): see
 the README's status section for its accuracy.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
@@ -169,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
                      help=f"side of the training renders when building a model (default {BuildConfig.image_size})")
     adv.add_argument("--build-occlusion", type=_number, nargs=2, metavar=("LOW", "HIGH"),
                      help="hidden fraction of the object under occluders in the training renders when building "
-                          "a model (default 0 0: none; 0 0.5 with --build-steps 12000 is the most accurate build "
+                          "a model (default 0 0: none; 0 0.5 with --build-steps 24000 is the most accurate build "
                           "measured)")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
