@@ -1474,6 +1474,7 @@ def train(
     *,
     dataset: torch.utils.data.Dataset | None = None,
     meshes: Mapping[str, NeuralMesh] | None = None,
+    backbone: FeatureBackbone | None = None,
     device: str | torch.device = "cpu",
     resume: bool = False,
     workers: int = 0,
@@ -1486,8 +1487,14 @@ def train(
         config: the :class:`TrainConfig`.
         out_dir: the run directory (created; checkpoints and ``run.json`` go there).
         dataset: schema samples (default: :func:`build_data` of ``config.data``).
-        meshes: ``{category: NeuralMesh}`` initial models, with ``dataset`` (default:
-            :func:`build_data`). Ignored when resuming from a checkpoint.
+        meshes: ``{category: NeuralMesh}`` initial models (required with ``dataset``;
+            default: :func:`build_data`'s fresh ones). Ignored when resuming from a checkpoint.
+        backbone: initial backbone weights (default: freshly initialised from
+            ``config.seed``); its config must be ``config.backbone``. With ``meshes`` from
+            the same model (e.g. a :class:`~neural_mesh.model.PoseModel`'s ``backbone`` and
+            ``nmesh``) this fine-tunes it, with a fresh optimizer and ``config``'s learning
+            rate schedule, on other data (harder occluders, another domain). Ignored when
+            resuming from a checkpoint.
         device: ``"cpu"``, ``"cuda"``; under DDP the device from :func:`init_distributed`.
         resume: continue the run in ``out_dir`` from its latest checkpoint (its
             ``run.json`` must match ``config`` up to ``TrainConfig.RESUMABLE_CHANGES``);
@@ -1507,7 +1514,8 @@ def train(
     Raises:
         CheckpointError: ``out_dir`` already holds a run (without ``resume``), nothing to
             resume, a mismatched config, a corrupt checkpoint.
-        ValueError: bad data (samples without pose, images of different sizes, ...).
+        ValueError: bad data (samples without pose, images of different sizes, ...), a
+            ``backbone`` whose config is not ``config.backbone``.
     """
     import torch.distributed as dist
 
@@ -1517,6 +1525,13 @@ def train(
     if config.batch_size % world:
         raise ValueError(f"TrainConfig.batch_size: expected a multiple of the world size {world}, "
                          f"got {config.batch_size}")
+    if backbone is not None:
+        if not isinstance(backbone, FeatureBackbone):
+            raise TypeError(f"backbone: expected a FeatureBackbone, got {type(backbone).__name__}")
+        if backbone.config != config.backbone:
+            raise ValueError(f"backbone: its config {backbone.config.to_dict()} differs from "
+                             f"TrainConfig.backbone {config.backbone.to_dict()}")
+    init_backbone = backbone
     if dataset is None:
         dataset, built = build_data(config)
         meshes = built if meshes is None else meshes
@@ -1546,6 +1561,8 @@ def train(
             _write_json_atomic(out_dir / RUN_FILE, config.to_dict())
 
     backbone = FeatureBackbone(config.backbone, seed=_derived_seed(config.seed, "backbone") % (2**62))
+    if init_backbone is not None and ckpt is None:
+        backbone.load_state_dict(init_backbone.state_dict())
     if ckpt is not None:
         backbone.load_state_dict(ckpt.backbone.state_dict())
         torch.set_rng_state(ckpt.rng_state["torch_cpu"])

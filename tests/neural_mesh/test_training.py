@@ -705,3 +705,33 @@ def test_cli_rejects_bad_input(tmp_path, cli, capsys):
     check(["--out", str(tmp_path / "o")], "--mesh")
     check(["--resume", "--out", str(tmp_path / "o")], "run.json")
     check(["--mesh", str(CHAIR), "--categories", "car", "--out", str(tmp_path / "o")], "--categories")
+
+
+def test_fine_tuning_starts_from_the_given_backbone_and_meshes(tmp_path):
+    base = train(tiny_config(steps=2), tmp_path / "base", progress=False)
+    # a learning rate of ~0 keeps the start: the run must begin at the given weights
+    config = tiny_config(steps=1, lr=1e-12, data=synthetic_data((32, 32), mesh=CHAIR, scene={"occlusion": (0.2, 0.7)}))
+    tuned = train(config, tmp_path / "tuned", backbone=base.backbone, meshes=base.meshes, progress=False)
+    fresh = train(config, tmp_path / "fresh", meshes=base.meshes, progress=False)
+    start = base.backbone.state_dict()
+    weights = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
+    assert all(torch.allclose(tuned.backbone.state_dict()[k], start[k], atol=1e-6) for k in weights)
+    assert not all(torch.allclose(fresh.backbone.state_dict()[k], start[k], atol=1e-6) for k in weights)
+    # the vertex bank went on from the base model's (momentum update of its entries)
+    cos = (tuned.meshes["chair"].features * base.meshes["chair"].features).sum(-1)
+    assert float(cos.mean()) > 0.5
+    # resuming follows the checkpoint, not the initial weights
+    resumed = train(dataclasses.replace(config, steps=2), tmp_path / "fresh", backbone=base.backbone,
+                    meshes=base.meshes, resume=True, progress=False)
+    assert resumed.step == 2
+    assert not all(torch.allclose(resumed.backbone.state_dict()[k], start[k], atol=1e-6) for k in weights)
+
+
+def test_fine_tuning_rejects_another_backbone_config(tmp_path):
+    other = train(tiny_config(steps=1, backbone=BackboneConfig(width=8, feature_dim=8)), tmp_path / "a",
+                  progress=False)
+    with pytest.raises(ValueError, match="backbone: its config"):
+        train(tiny_config(), tmp_path / "b", backbone=other.backbone, progress=False)
+    with pytest.raises(TypeError, match="FeatureBackbone"):
+        train(tiny_config(), tmp_path / "c", backbone=object(), progress=False)
+    assert not (tmp_path / "b").exists()
