@@ -257,6 +257,11 @@ def main(argv=None) -> int:
     p.add_argument("--occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"), default=BuildConfig.occlusion,
                    help="hidden fraction of the object under occluders in the training renders "
                         "(BuildConfig.occlusion; default none)")
+    p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                   help="then fine-tune the model for N steps (BuildConfig.finetune_steps; needs --no-regression)")
+    p.add_argument("--finetune-occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   default=BuildConfig.finetune_occlusion,
+                   help="hidden fraction of the object in the fine-tuning renders (BuildConfig.finetune_occlusion)")
     p.add_argument("--n", type=int, default=40, help="test images per level")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=8)
@@ -289,9 +294,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
     try:
-        build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion))
+        build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), finetune_steps=args.finetune_steps,
+                            finetune_occlusion=tuple(args.finetune_occlusion))
     except ValueError as error:
         p.error(str(error))
+    if build.finetune_steps and not args.no_regression:
+        p.error("--finetune-steps: the regression baseline has no fine-tuning stage; add --no-regression")
     cache = Path(args.cache) if args.cache else default_cache_dir()
     steps = args.steps
     if args.model:
@@ -305,7 +313,9 @@ def main(argv=None) -> int:
         model = build_model(mesh, build, cache_dir=cache, device=device)
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True, device=device)
 
-    rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion), "n": args.n,
+    rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion),
+                         "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
+                         "n": args.n,
                          "loss": args.loss, "polish": args.polish, "box": args.box, "renderer": args.renderer,
                          "device": str(device), "levels": {}}
     for level in args.levels:
@@ -340,6 +350,9 @@ def main(argv=None) -> int:
     drawn = "renders" if args.renderer == "engine" else "ray-cast images (another renderer)"
     low, high = build.occlusion
     occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
+    if build.finetune_steps:
+        low, high = build.finetune_occlusion
+        occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
           f"{steps} training steps{occluders}, {args.loss} loss, {where}"
           f"{'; render-and-compare given the true box' if args.box else ''})\n")

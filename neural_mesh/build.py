@@ -83,6 +83,16 @@ class BuildConfig:
             in the training renders (``(0, 0)``: none); vertices under an occluder are
             left out of the loss, so features learn to ignore what covers the object.
         seed: seed of the weights, the banks and the renders.
+        finetune_steps: after the build above (cached as a model of its own), go on
+            training its backbone and neural mesh for this many steps on new renders (0:
+            no such stage) with ``finetune_occlusion`` and a fresh Adam at
+            ``finetune_lr`` (cosine decay, like ``lr_schedule``); e.g. harder occluders
+            than the first stage saw.
+        finetune_occlusion: ``(low, high)`` hidden fraction of the fine-tuning renders.
+        finetune_lr: peak learning rate of the fine-tuning stage.
+
+    The fine-tuning fields enter :meth:`to_dict` (and the cache key) only when
+    ``finetune_steps > 0``, so the keys of builds without the stage do not change.
     """
 
     steps: int = 1000
@@ -98,6 +108,12 @@ class BuildConfig:
     center_jitter: float = 0.04
     occlusion: tuple[float, float] = (0.0, 0.0)
     seed: int = 0
+    finetune_steps: int = 0
+    finetune_occlusion: tuple[float, float] = (0.0, 0.0)
+    finetune_lr: float = 1e-4
+
+    #: the fields of the fine-tuning stage (not part of the first stage's build)
+    FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr")
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 1), ("image_size", 32), ("batch_size", 2), ("num_verts", 8)):
@@ -117,6 +133,13 @@ class BuildConfig:
             raise ValueError(f"BuildConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
         self._pair("occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
+        self._pair("finetune_occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
+        steps = self.finetune_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"BuildConfig.finetune_steps: expected an int >= 0, got {steps!r}")
+        lr = self.finetune_lr
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+            raise ValueError(f"BuildConfig.finetune_lr: expected a number > 0, got {lr!r}")
         if not (isinstance(self.center_jitter, (int, float)) and 0.0 <= self.center_jitter <= 0.5):
             raise ValueError(f"BuildConfig.center_jitter: expected a number in [0, 0.5], got {self.center_jitter!r}")
 
@@ -130,25 +153,38 @@ class BuildConfig:
         object.__setattr__(self, name, (float(value[0]), float(value[1])))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.finetune_steps:
+            for name in self.FINETUNE_FIELDS:
+                del data[name]
+        return data
+
+    def first_stage(self) -> BuildConfig:
+        """This config without its fine-tuning stage (the model it fine-tunes)."""
+        return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
+                                            if f.name in self.FINETUNE_FIELDS})
 
     def train_config(self, mesh_path: str | os.PathLike) -> TrainConfig:
-        """The :class:`TrainConfig` of the build (synthetic renders of ``mesh_path``)."""
+        """The :class:`TrainConfig` of the build (synthetic renders of ``mesh_path``):
+        of its fine-tuning stage when ``finetune_steps > 0`` (new renders: data seed
+        ``seed + 1``), else of the first stage."""
         size = (self.image_size, self.image_size)
+        tune = self.finetune_steps > 0
+        steps = self.finetune_steps if tune else self.steps
         return TrainConfig(
             backbone=dataclasses.replace(PRESETS[self.backbone], output_stride=self.output_stride),
-            data=synthetic_data(size, mesh=mesh_path, seed=self.seed,
+            data=synthetic_data(size, mesh=mesh_path, seed=self.seed + 1 if tune else self.seed,
                                 scene={"distance_range": self.distance_range,
                                        "center_jitter": self.center_jitter,
-                                       "occlusion": self.occlusion}),
-            steps=self.steps,
+                                       "occlusion": self.finetune_occlusion if tune else self.occlusion}),
+            steps=steps,
             batch_size=self.batch_size,
-            lr=float(self.lr),
+            lr=float(self.finetune_lr if tune else self.lr),
             lr_schedule=self.lr_schedule,
             seed=self.seed,
             num_verts=self.num_verts,
             mesh_kind=self.mesh_kind,
-            checkpoint_every=max(1, min(100, self.steps)),
+            checkpoint_every=max(1, min(100, steps)),
             keep_checkpoints=1,
         )
 
@@ -219,15 +255,26 @@ def build_model(
     train_config = config.train_config(mesh_path)
     resume = (run_dir / "run.json").is_file()
     workers = default_workers(device) if workers is None else int(workers)
-    result = train(train_config, run_dir, device=device, resume=resume, progress=progress, workers=workers)
+    base = None
+    start = {}
+    if config.finetune_steps:
+        # the first stage is a model of its own (cached, or built now), then fine-tuned
+        base = build_model(mesh_path, config.first_stage(), cache_dir=cache_dir, progress=progress,
+                           device=device, workers=workers)
+        start = {"backbone": base.backbone, "meshes": {train_config.data["names"][0]: base.nmesh.to("cpu")}}
+    result = train(train_config, run_dir, device=device, resume=resume, progress=progress, workers=workers,
+                   **start)
     name = next(iter(result.meshes))
     nmesh = result.meshes[name]
 
-    # the object's typical box in the training renders sets the crop scale of photos
-    syn = SyntheticConfig.from_dict(train_config.data["config"])
-    syn = dataclasses.replace(syn, vertex_projections=False)
-    probe = SyntheticDataset(syn, seed=config.seed + 1, length=48)
-    box_fraction = box_fraction_of([probe[i] for i in range(len(probe))])
+    if base is not None:
+        box_fraction = base.box_fraction  # the scenes (sizes, distances) did not change
+    else:
+        # the object's typical box in the training renders sets the crop scale of photos
+        syn = SyntheticConfig.from_dict(train_config.data["config"])
+        syn = dataclasses.replace(syn, vertex_projections=False)
+        probe = SyntheticDataset(syn, seed=config.seed + 1, length=48)
+        box_fraction = box_fraction_of([probe[i] for i in range(len(probe))])
 
     model = PoseModel(
         backbone=result.backbone.to(device).eval(),
@@ -240,7 +287,7 @@ def build_model(
             "mesh_file": mesh_path.name,
             "mesh_sha256": file_sha256(mesh_path),
             "build_config": config.to_dict(),
-            "train_steps": int(result.step),
+            "train_steps": int(result.step) + (int(base.meta.get("train_steps", 0)) if base is not None else 0),
         },
     )
     model.save(target)

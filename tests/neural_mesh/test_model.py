@@ -269,3 +269,30 @@ def test_build_config_validation_and_bad_mesh(tmp_path):
     with pytest.raises(MeshError, match="bad.obj"):
         build_model(bad, TINY, cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_build_with_a_finetuning_stage(tmp_path):
+    mesh = tmp_path / "chair.obj"
+    mesh.write_bytes(CHAIR.read_bytes())
+    tuned_config = replace(TINY, finetune_steps=2, finetune_occlusion=(0.2, 0.7))
+    # builds without the stage keep their cache keys (the stage's fields are left out)
+    assert "finetune_steps" not in TINY.to_dict() and tuned_config.to_dict()["finetune_steps"] == 2
+    assert tuned_config.first_stage() == TINY
+    assert cache_key(mesh, tuned_config) != cache_key(mesh, TINY)
+    stage = tuned_config.train_config(mesh)
+    assert stage.steps == 2 and stage.lr == tuned_config.finetune_lr
+    assert stage.data["config"]["occlusion"] == [0.2, 0.7] and stage.data["seed"] == TINY.seed + 1
+    tuned = build_model(mesh, tuned_config, cache_dir=tmp_path / "cache", progress=False)
+    # the first stage became a cached model of its own; the fine-tuned one started from it
+    base = PoseModel.load(model_cache_path(mesh, TINY, tmp_path / "cache"))
+    assert (model_cache_path(mesh, tuned_config, tmp_path / "cache") / "model.json").is_file()
+    assert tuned.meta["train_steps"] == 4 and tuned.meta["build_config"]["finetune_steps"] == 2
+    assert tuned.box_fraction == base.box_fraction
+    cos = (tuned.nmesh.features * base.nmesh.features).sum(-1)
+    assert float(cos.mean()) > 0.5 and not torch.equal(tuned.nmesh.features, base.nmesh.features)
+    with pytest.raises(ValueError, match="BuildConfig.finetune_steps"):
+        BuildConfig(finetune_steps=-1)
+    with pytest.raises(ValueError, match="BuildConfig.finetune_occlusion"):
+        BuildConfig(finetune_occlusion=(0.7, 0.2))
+    with pytest.raises(ValueError, match="BuildConfig.finetune_lr"):
+        BuildConfig(finetune_lr=0)
