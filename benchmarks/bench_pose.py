@@ -262,6 +262,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    default=BuildConfig.finetune_occlusion,
                    help="hidden fraction of the object in the fine-tuning renders (BuildConfig.finetune_occlusion)")
+    p.add_argument("--finetune-lr", type=float, default=BuildConfig.finetune_lr,
+                   help="peak learning rate of the fine-tuning stage (BuildConfig.finetune_lr)")
     p.add_argument("--n", type=int, default=40, help="test images per level")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=8)
@@ -295,7 +297,7 @@ def main(argv=None) -> int:
     mesh = Path(args.mesh).resolve()
     try:
         build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), finetune_steps=args.finetune_steps,
-                            finetune_occlusion=tuple(args.finetune_occlusion))
+                            finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr)
     except ValueError as error:
         p.error(str(error))
     if build.finetune_steps and not args.no_regression:
@@ -315,6 +317,7 @@ def main(argv=None) -> int:
 
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion),
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
+                         "finetune_lr": build.finetune_lr,
                          "n": args.n,
                          "loss": args.loss, "polish": args.polish, "box": args.box, "renderer": args.renderer,
                          "device": str(device), "levels": {}}
