@@ -317,8 +317,7 @@ def main(argv=None) -> int:
 
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion),
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
-                         "finetune_lr": build.finetune_lr,
-                         "n": args.n,
+                         "finetune_lr": build.finetune_lr, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "box": args.box, "renderer": args.renderer,
                          "device": str(device), "levels": {}}
     for level in args.levels:

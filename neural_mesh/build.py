@@ -116,7 +116,7 @@ class BuildConfig:
     FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr")
 
     def __post_init__(self) -> None:
-        for name, low in (("steps", 1), ("image_size", 32), ("batch_size", 2), ("num_verts", 8)):
+        for name, low in (("steps", 1), ("image_size", 32), ("batch_size", 2), ("num_verts", 8), ("finetune_steps", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"BuildConfig.{name}: expected an int >= {low}, got {value!r}")
@@ -127,19 +127,15 @@ class BuildConfig:
                              f"got {self.output_stride!r}")
         if self.mesh_kind not in ("remesh", "cuboid"):
             raise ValueError(f"BuildConfig.mesh_kind: expected 'remesh' or 'cuboid', got {self.mesh_kind!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"BuildConfig.lr: expected a number > 0, got {self.lr!r}")
+        for name in ("lr", "finetune_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"BuildConfig.{name}: expected a number > 0, got {value!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"BuildConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
         self._pair("occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
         self._pair("finetune_occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
-        steps = self.finetune_steps
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"BuildConfig.finetune_steps: expected an int >= 0, got {steps!r}")
-        lr = self.finetune_lr
-        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
-            raise ValueError(f"BuildConfig.finetune_lr: expected a number > 0, got {lr!r}")
         if not (isinstance(self.center_jitter, (int, float)) and 0.0 <= self.center_jitter <= 0.5):
             raise ValueError(f"BuildConfig.center_jitter: expected a number in [0, 0.5], got {self.center_jitter!r}")
 
@@ -261,7 +257,7 @@ def build_model(
         # the first stage is a model of its own (cached, or built now), then fine-tuned
         base = build_model(mesh_path, config.first_stage(), cache_dir=cache_dir, progress=progress,
                            device=device, workers=workers)
-        start = {"backbone": base.backbone, "meshes": {train_config.data["names"][0]: base.nmesh.to("cpu")}}
+        start = {"backbone": base.backbone, "meshes": {train_config.data["names"][0]: base.nmesh}}
     result = train(train_config, run_dir, device=device, resume=resume, progress=progress, workers=workers,
                    **start)
     name = next(iter(result.meshes))
