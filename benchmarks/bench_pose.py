@@ -38,7 +38,8 @@ wrong pose, and only better features can help.
         [--polish 1] [--box] [--renderer raycast] [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
-beside it), so a second run only evaluates. ``--device cuda`` trains, fits and times on a
+beside it), so a second run only evaluates. Both resume: an interrupted build or baseline
+goes on from its last checkpoint when the same command is run again. ``--device cuda`` trains, fits and times on a
 GPU (a model built on one device loads on any other); test images are always rendered on
 the CPU.
 """
@@ -49,6 +50,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -231,8 +233,11 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, d
     config = RegressionConfig(backbone=PRESETS[build.backbone], batch_size=build.batch_size, steps=build.steps,
                               lr=build.lr, seed=build.seed)
     data = build.train_config(mesh).data
+    # checkpoints beside the cache entry while it trains: an interrupted baseline resumes
+    run_dir = cache / "regressor_runs" / directory.name
     result = train_regressor(config, directory, data=data, progress=progress, device=device,
-                             workers=default_workers(device))
+                             workers=default_workers(device), run_dir=run_dir, resume=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return result.model.eval()
 
 

@@ -89,7 +89,20 @@ from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
 from .neural_mesh import ModelError, atomic_directory, file_sha256
-from .training import batch_indices, flush_denormals, training_threads
+from .training import (
+    LATEST_FILE,
+    OPTIMIZER_FILE,
+    TRAINER_FILE,
+    CheckpointError,
+    batch_indices,
+    flush_denormals,
+    optimizer_state,
+    optimizer_tensors,
+    read_checkpoint,
+    read_tensors,
+    training_threads,
+    write_checkpoint,
+)
 
 __all__ = [
     "ANGLE_NAMES",
@@ -100,6 +113,8 @@ __all__ = [
     "RegressionConfig",
     "PoseRegressor",
     "RegressorResult",
+    "RegressorCheckpoint",
+    "REGRESSOR_CHECKPOINT_FORMAT",
     "angle_to_bins",
     "bins_to_angle",
     "regression_loss",
@@ -107,6 +122,7 @@ __all__ = [
     "train_regressor",
     "save_regressor",
     "load_regressor",
+    "load_regressor_checkpoint",
 ]
 
 #: The angles in the order of the second dimension of every ``(B, 3, ...)`` output.
@@ -115,6 +131,8 @@ REGRESSOR_FORMAT = "pose_regressor"
 REGRESSOR_FORMAT_VERSION = 1
 REGRESSOR_CONFIG_FILE = "regressor.json"
 REGRESSOR_WEIGHTS_FILE = "weights.safetensors"
+REGRESSOR_CHECKPOINT_FORMAT = "pose_regressor_checkpoint"
+_LOSSES_FILE = "losses.safetensors"
 
 _TWO_PI = 2.0 * math.pi
 
@@ -466,6 +484,9 @@ def train_regressor(
     device: str | torch.device = "cpu",
     progress: bool = True,
     workers: int = 0,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 500,
 ) -> RegressorResult:
     """Train a :class:`PoseRegressor` with Adam and :func:`regression_loss`; save it to
     ``out_dir`` (:func:`save_regressor`) at the end.
@@ -474,6 +495,14 @@ def train_regressor(
     (:func:`neural_mesh.training.batch_indices`: the positions modulo the length, or,
     when ``data["shuffle"]`` is true, NeMo's permutation from ``config.seed``), the order
     NeMo's trainer uses (module docstring).
+
+    With ``run_dir`` a long run can span several processes: a checkpoint (weights, Adam's
+    state, the losses so far; the layout of :mod:`neural_mesh.training`'s run directories,
+    format ``"pose_regressor_checkpoint"``) is written there every ``checkpoint_every``
+    steps and after the last, the last two kept; ``resume=True`` continues from the
+    latest one if there is one (its config must equal ``config`` up to ``steps``), exactly
+    as the uninterrupted run would have gone on (the data of a step depends on the step
+    alone and nothing else draws random numbers).
 
     Args:
         config: the :class:`RegressionConfig`.
@@ -487,13 +516,38 @@ def train_regressor(
         workers: DataLoader processes rendering the next batches while the model trains
             (0: in this process; on a CPU this process then trains with ``workers``
             threads fewer, :func:`neural_mesh.training.training_threads`).
+        run_dir: where checkpoints go (None: none are written).
+        resume: continue from ``run_dir``'s latest checkpoint, if any.
+        checkpoint_every: steps between checkpoints.
+
+    Returns:
+        A :class:`RegressorResult`; ``losses`` holds every step's loss, those of the steps
+        run before a resume included.
 
     Raises:
         ValueError: neither or both of ``dataset`` / ``data``, an empty dataset, samples
-            without image or angles, images of different sizes.
+            without image or angles, images of different sizes, a bad ``checkpoint_every``.
+        CheckpointError: ``run_dir`` already holds a run and ``resume`` is false, its
+            checkpoint is corrupt or was written with another config.
     """
     if (dataset is None) == (data is None):
         raise ValueError("train_regressor: expected exactly one of dataset= and data=")
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every: expected an int >= 1, got {checkpoint_every!r}")
+    if resume and run_dir is None:
+        raise ValueError("resume: needs run_dir= (where the checkpoints are)")
+    run_dir = None if run_dir is None else Path(run_dir)
+    ckpt = None
+    if run_dir is not None and (run_dir / LATEST_FILE).is_file():
+        if not resume:
+            raise CheckpointError(f"{run_dir}: already holds a training run ({LATEST_FILE}); "
+                                  "resume it or choose another run directory")
+        ckpt = load_regressor_checkpoint(run_dir)
+        if dataclasses.replace(ckpt.config, steps=config.steps) != config:
+            a, b = ckpt.config.to_dict(), config.to_dict()
+            diff = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k != "steps" and a[k] != b[k]]
+            raise CheckpointError(f"{ckpt.path}: the run was started with a different config "
+                                  f"({'; '.join(diff[:4])})")
     shuffle = False
     if data is not None:
         dataset = build_regression_data(data)
@@ -502,18 +556,28 @@ def train_regressor(
     if length < 1:
         raise ValueError("dataset: expected at least one sample, got an empty dataset")
     device = torch.device(device)
-    model = PoseRegressor(config).to(device).train()
+    model = PoseRegressor(config)
+    losses: list[float] = []
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model.state_dict())
+        losses, start = list(ckpt.losses), ckpt.step
+    model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt.optimizer_state)
 
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.steps, unit="step", desc="regression train", dynamic_ncols=True)
-    losses: list[float] = []
-    steps = [batch_indices(step, config.batch_size, length, config.seed, shuffle) for step in range(config.steps)]
+        bar = tqdm(total=config.steps, initial=min(start, config.steps), unit="step", desc="regression train",
+                   dynamic_ncols=True)
+    steps = [batch_indices(step, config.batch_size, length, config.seed, shuffle)
+             for step in range(start, config.steps)]
     loader = torch.utils.data.DataLoader(_Batches(dataset), batch_sampler=steps, collate_fn=_collate_items,
                                          num_workers=workers)
+    step = start
     t0 = time.perf_counter()
     with training_threads(workers, device), flush_denormals():
         try:
@@ -523,6 +587,9 @@ def train_regressor(
                 total.backward()
                 optimizer.step()
                 losses.append(float(total.detach()))
+                step += 1
+                if run_dir is not None and (step % checkpoint_every == 0 or step == config.steps):
+                    _save_regressor_checkpoint(run_dir, step, model, optimizer, losses)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -531,7 +598,83 @@ def train_regressor(
                 bar.close()
     elapsed = time.perf_counter() - t0
     save_regressor(model, out_dir)
-    return RegressorResult(model, losses, elapsed / config.steps if config.steps else 0.0)
+    run = step - start
+    return RegressorResult(model, losses, elapsed / run if run else 0.0)
+
+
+# ======================================================================================
+# Checkpoints
+# ======================================================================================
+
+
+@dataclass(frozen=True, eq=False)
+class RegressorCheckpoint:
+    """A checkpoint of :func:`train_regressor` read back by :func:`load_regressor_checkpoint`.
+
+    Attributes:
+        path: the checkpoint directory.
+        step: optimizer steps done.
+        config: the run's :class:`RegressionConfig`.
+        model: the :class:`PoseRegressor` with the step's weights (eval mode, CPU).
+        optimizer_state: Adam's ``state_dict`` (tensors on the CPU).
+        losses: the loss of every step so far.
+    """
+
+    path: Path
+    step: int
+    config: RegressionConfig
+    model: PoseRegressor
+    optimizer_state: dict[str, Any]
+    losses: list[float]
+
+
+def _save_regressor_checkpoint(run_dir: Path, step: int, model: PoseRegressor,
+                               optimizer: torch.optim.Optimizer, losses: list[float]) -> Path:
+    from safetensors.torch import save_file
+
+    opt_tensors, param_groups = optimizer_tensors(optimizer.state_dict())
+
+    def write(work: Path) -> None:
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(work / REGRESSOR_WEIGHTS_FILE))
+        save_file(opt_tensors, str(work / OPTIMIZER_FILE))
+        save_file({"losses": torch.tensor(losses, dtype=torch.float64)}, str(work / _LOSSES_FILE))
+
+    trainer = {
+        "format": REGRESSOR_CHECKPOINT_FORMAT,
+        "format_version": REGRESSOR_FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "optimizer": {"type": type(optimizer).__name__, "param_groups": param_groups},
+    }
+    return write_checkpoint(run_dir, step, 2, write, trainer)
+
+
+def load_regressor_checkpoint(path: str | os.PathLike) -> RegressorCheckpoint:
+    """Read a :func:`train_regressor` checkpoint: ``path`` is its ``run_dir`` (the latest
+    checkpoint) or a ``checkpoints/step_*`` directory; every file's SHA-256 is checked.
+
+    Raises:
+        CheckpointError: missing or corrupt files, another format, weights that do not fit
+            the recorded config (one line naming the file).
+    """
+    ckpt, info = read_checkpoint(path, REGRESSOR_CHECKPOINT_FORMAT, REGRESSOR_FORMAT_VERSION)
+    try:
+        config = RegressionConfig.from_dict(info["config"])
+        step = int(info["step"])
+        param_groups = info["optimizer"]["param_groups"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{ckpt / TRAINER_FILE}: malformed ({error})") from None
+    model = PoseRegressor(config)
+    try:
+        model.load_state_dict(read_tensors(ckpt / REGRESSOR_WEIGHTS_FILE), strict=True)
+    except RuntimeError as error:
+        text = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{ckpt / REGRESSOR_WEIGHTS_FILE}: does not fit the config ({text})") from None
+    losses = read_tensors(ckpt / _LOSSES_FILE).get("losses")
+    if losses is None or losses.shape != (step,):
+        raise CheckpointError(f"{ckpt / _LOSSES_FILE}: expected the {step} losses of the steps done")
+    return RegressorCheckpoint(ckpt, step, config, model.eval(), optimizer_state(ckpt / OPTIMIZER_FILE, param_groups),
+                               losses.tolist())
 
 
 # ======================================================================================

@@ -164,6 +164,11 @@ __all__ = [
     "flush_denormals",
     "save_checkpoint",
     "load_checkpoint",
+    "write_checkpoint",
+    "read_checkpoint",
+    "read_tensors",
+    "optimizer_tensors",
+    "optimizer_state",
     "load_run_config",
 ]
 
@@ -1166,7 +1171,10 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+def optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """An optimizer ``state_dict`` as tensors named ``state.<param>.<key>`` (CPU; numbers
+    become 0-d tensors) and its JSON-friendly ``param_groups``; :func:`optimizer_state`
+    inverts it."""
     tensors = {}
     for idx, entry in state["state"].items():
         for key, value in entry.items():
@@ -1174,6 +1182,54 @@ def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
                 value = torch.tensor(value)
             tensors[f"state.{idx}.{key}"] = value.detach().to("cpu").contiguous()
     return tensors, json.loads(json.dumps(state["param_groups"]))
+
+
+def write_checkpoint(
+    out_dir: str | os.PathLike,
+    step: int,
+    keep: int,
+    write: Callable[[Path], None],
+    trainer: Mapping[str, Any],
+) -> Path:
+    """Write ``out_dir/checkpoints/step_<step>`` atomically and point ``latest.json`` at
+    it; older checkpoints beyond the last ``keep`` are removed (module docstring).
+
+    The generic half of :func:`save_checkpoint` (also used by
+    :func:`neural_mesh.regression.train_regressor`): ``write(work)`` writes the
+    checkpoint's files into a temporary directory, then ``trainer.json`` is written there
+    with ``trainer``'s entries, ``"step"`` and the SHA-256 of every file (``"files"``),
+    which :func:`read_checkpoint` checks.
+
+    Returns:
+        The checkpoint directory.
+    """
+    out_dir = Path(out_dir)
+    root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final = root / name
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    try:
+        write(work)
+        files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+        info = {**trainer, "step": int(step), "files": {f: file_sha256(work / f) for f in files}}
+        (work / TRAINER_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
+            os.rename(final, trash / name)
+            os.rename(work, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(work, final)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    _write_json_atomic(out_dir / LATEST_FILE, {"step": int(step), "checkpoint": f"checkpoints/{name}"})
+    done = sorted(p for p in root.iterdir() if re.fullmatch(r"step_\d{8}", p.name))
+    for old in done[: max(0, len(done) - keep)]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def save_checkpoint(
@@ -1193,16 +1249,11 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
-    final = root / name
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-    try:
+    opt_tensors, param_groups = optimizer_tensors(optimizer.state_dict())
+
+    def write(work: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
         save_file(state, str(work / BACKBONE_FILE))
-        opt_tensors, param_groups = _optimizer_tensors(optimizer.state_dict())
         save_file(opt_tensors, str(work / OPTIMIZER_FILE))
         rng = {"torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -1211,34 +1262,16 @@ def save_checkpoint(
         for mesh_name, nmesh in meshes.items():
             meta = {**nmesh.meta, "trained_steps": int(step)}
             dataclasses.replace(nmesh, meta=meta).save(work / MESHES_DIR / mesh_name)
-        files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
-        trainer = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "step": int(step),
-            "config": config.to_dict(),
-            "meshes": list(meshes),
-            "clutter_pointers": {k: int(v) for k, v in clutter_pointers.items()},
-            "optimizer": {"type": type(optimizer).__name__, "param_groups": param_groups},
-            "files": {f: file_sha256(work / f) for f in files},
-        }
-        (work / TRAINER_FILE).write_text(json.dumps(trainer, indent=2) + "\n")
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
-            os.rename(final, trash / name)
-            os.rename(work, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(work, final)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    _write_json_atomic(out_dir / LATEST_FILE, {"step": int(step), "checkpoint": f"checkpoints/{name}"})
-    done = sorted(p for p in root.iterdir() if re.fullmatch(r"step_\d{8}", p.name))
-    for old in done[: max(0, len(done) - config.keep_checkpoints)]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    trainer = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "config": config.to_dict(),
+        "meshes": list(meshes),
+        "clutter_pointers": {k: int(v) for k, v in clutter_pointers.items()},
+        "optimizer": {"type": type(optimizer).__name__, "param_groups": param_groups},
+    }
+    return write_checkpoint(out_dir, step, config.keep_checkpoints, write, trainer)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -1268,6 +1301,62 @@ def _resolve_checkpoint(path: Path) -> Path:
     raise CheckpointError(f"{path}: not a checkpoint (no {TRAINER_FILE} or {LATEST_FILE})")
 
 
+def read_checkpoint(path: str | os.PathLike, fmt: str, version: int) -> tuple[Path, dict[str, Any]]:
+    """Find a checkpoint written by :func:`write_checkpoint` and check it: ``path`` is a
+    run directory (its ``latest.json`` is followed) or a ``checkpoints/step_*`` directory;
+    ``trainer.json`` must have ``"format": fmt`` and ``"format_version": version``, and
+    every file it lists must be there with its SHA-256.
+
+    Returns:
+        The checkpoint directory and its ``trainer.json``.
+
+    Raises:
+        CheckpointError: one line naming the file and the problem.
+    """
+    ckpt = _resolve_checkpoint(Path(path))
+    trainer_path = ckpt / TRAINER_FILE
+    info = _read_json(trainer_path, "checkpoint metadata")
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise CheckpointError(f"{trainer_path}: not a {fmt!r} checkpoint")
+    if info.get("format_version") != version:
+        raise CheckpointError(f"{trainer_path}: unsupported format_version {info.get('format_version')!r}")
+    files = info.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{trainer_path}: malformed (no \"files\" table)")
+    for rel, sha in files.items():
+        p = ckpt / rel
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing (listed in {TRAINER_FILE})")
+        if file_sha256(p) != sha:
+            raise CheckpointError(f"{p}: checksum does not match {TRAINER_FILE} (corrupt or from another save)")
+    return ckpt, info
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU (:class:`CheckpointError` naming the file
+    if it cannot be read)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        text = " ".join(str(error).split())[:160]
+        raise CheckpointError(f"{path}: cannot read safetensors ({text})") from None
+
+
+def optimizer_state(path: Path, param_groups: Any) -> dict[str, Any]:
+    """An optimizer ``state_dict`` from the tensors :func:`save_checkpoint` wrote to
+    ``path`` (``state.<param>.<key>``) and the ``param_groups`` kept in ``trainer.json``."""
+    state: dict[str, Any] = {"state": {}, "param_groups": param_groups}
+    for key, value in read_tensors(path).items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
+            raise CheckpointError(f"{path}: unexpected tensor {key!r}")
+        state["state"].setdefault(int(parts[1]), {})[parts[2]] = value
+    return state
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint: ``path`` is a run directory (its ``latest.json`` is followed) or
     a ``checkpoints/step_*`` directory. Nothing is unpickled; every file's SHA-256 is
@@ -1277,43 +1366,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         CheckpointError: missing or corrupt files, another format, tensors that do not fit
             the recorded config (one line naming the file).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    ckpt = _resolve_checkpoint(Path(path))
+    ckpt, info = read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
     trainer_path = ckpt / TRAINER_FILE
-    info = _read_json(trainer_path, "checkpoint metadata")
-    if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{trainer_path}: not a training checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    if info.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{trainer_path}: unsupported format_version {info.get('format_version')!r}")
     try:
         config = TrainConfig.from_dict(info["config"])
         step = int(info["step"])
         names = [str(n) for n in info["meshes"]]
         pointers = {str(k): int(v) for k, v in info["clutter_pointers"].items()}
-        files = dict(info["files"])
         param_groups = info["optimizer"]["param_groups"]
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{trainer_path}: malformed ({error})") from None
-    for rel, sha in files.items():
-        p = ckpt / rel
-        if not p.is_file():
-            raise CheckpointError(f"{p}: missing (listed in {TRAINER_FILE})")
-        if file_sha256(p) != sha:
-            raise CheckpointError(f"{p}: checksum does not match {TRAINER_FILE} (corrupt or from another save)")
-
-    def read(name: str) -> dict[str, torch.Tensor]:
-        p = ckpt / name
-        try:
-            return load_file(str(p), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            text = " ".join(str(error).split())[:160]
-            raise CheckpointError(f"{p}: cannot read safetensors ({text})") from None
 
     backbone = FeatureBackbone(config.backbone, seed=0)  # seeded: leaves the global RNG alone
     try:
-        backbone.load_state_dict(read(BACKBONE_FILE), strict=True)
+        backbone.load_state_dict(read_tensors(ckpt / BACKBONE_FILE), strict=True)
     except RuntimeError as error:
         text = " ".join(str(error).split())[:200]
         raise CheckpointError(f"{ckpt / BACKBONE_FILE}: does not fit the backbone config ({text})") from None
@@ -1327,13 +1393,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if meshes[name].feature_dim != config.backbone.feature_dim:
             raise CheckpointError(f"{ckpt / MESHES_DIR / name}: feature_dim {meshes[name].feature_dim} "
                                   f"does not match the backbone's {config.backbone.feature_dim}")
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": param_groups}
-    for key, value in read(OPTIMIZER_FILE).items():
-        parts = key.split(".")
-        if len(parts) != 3 or parts[0] != "state":
-            raise CheckpointError(f"{ckpt / OPTIMIZER_FILE}: unexpected tensor {key!r}")
-        opt_state["state"].setdefault(int(parts[1]), {})[parts[2]] = value
-    rng = read(RNG_FILE)
+    opt_state = optimizer_state(ckpt / OPTIMIZER_FILE, param_groups)
+    rng = read_tensors(ckpt / RNG_FILE)
     return Checkpoint(ckpt, step, config, backbone, meshes, pointers, opt_state, rng)
 
 

@@ -198,6 +198,7 @@ def test_the_regression_baseline_is_evaluated_in_eval_mode(tmp_path):
     bench = load_bench()
     build = BuildConfig(steps=1, image_size=32, batch_size=2)
     fresh = bench.get_regressor(CHAIR, build, tmp_path, progress=False)
+    assert (tmp_path / "regressors").is_dir() and not list((tmp_path / "regressor_runs").iterdir())
     cached = bench.get_regressor(CHAIR, build, tmp_path, progress=False)
     assert not fresh.training and not cached.training
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))

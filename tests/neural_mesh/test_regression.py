@@ -21,11 +21,12 @@ from neural_mesh.regression import (
     bins_to_angle,
     build_regression_data,
     load_regressor,
+    load_regressor_checkpoint,
     regression_loss,
     save_regressor,
     train_regressor,
 )
-from neural_mesh.training import TrainConfig, synthetic_data, train
+from neural_mesh.training import CheckpointError, TrainConfig, synthetic_data, train
 from render import angles_to_pose
 from tests.helpers import assert_close
 
@@ -258,6 +259,60 @@ def test_worker_processes_give_the_same_training(tmp_path):
     assert torch.get_num_threads() == 1
     for (name, a), (_, b) in zip(here.model.state_dict().items(), there.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_resumed_training_equals_the_uninterrupted_run(tmp_path):
+    data = _Fixed(6, seed=2)
+    whole = train_regressor(_config(steps=5, lr=3e-3), tmp_path / "whole", dataset=data, progress=False)
+    # a run stopped after 3 steps (checkpoints at 2 and 3) and resumed to 5
+    first = train_regressor(_config(steps=3, lr=3e-3), tmp_path / "m", dataset=data, progress=False,
+                            run_dir=tmp_path / "run", checkpoint_every=2)
+    assert first.losses == whole.losses[:3]
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step_00000002", "step_00000003"]
+    ckpt = load_regressor_checkpoint(tmp_path / "run")
+    assert ckpt.step == 3 and ckpt.losses == first.losses and ckpt.config == _config(steps=3, lr=3e-3)
+    data.read.clear()
+    second = train_regressor(_config(steps=5, lr=3e-3), tmp_path / "m", dataset=data, progress=False,
+                             run_dir=tmp_path / "run", resume=True, checkpoint_every=2)
+    assert data.read == [0, 1, 2, 3, 4, 5, 0, 1]  # steps 3 and 4 only (batch 4, 6 samples)
+    assert second.losses == whole.losses
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert load_regressor_checkpoint(tmp_path / "run").step == 5
+    # resuming a finished run takes no step and gives the same model
+    again = train_regressor(_config(steps=5, lr=3e-3), tmp_path / "m2", dataset=data, progress=False,
+                            run_dir=tmp_path / "run", resume=True)
+    assert again.losses == whole.losses and again.seconds_per_step == 0.0
+    assert torch.equal(again.model.cls.weight, whole.model.cls.weight)
+
+
+def test_regressor_checkpoints_refuse_misuse(tmp_path):
+    data = _Fixed(4)
+    run = tmp_path / "run"
+    train_regressor(_config(steps=2), tmp_path / "m", dataset=data, progress=False, run_dir=run,
+                    checkpoint_every=1)
+    with pytest.raises(CheckpointError, match="already holds a training run"):
+        train_regressor(_config(steps=2), tmp_path / "m", dataset=data, progress=False, run_dir=run)
+    with pytest.raises(CheckpointError, match=r"different config \(hidden: 32 -> 16\)"):
+        train_regressor(_config(steps=4, hidden=16), tmp_path / "m", dataset=data, progress=False, run_dir=run,
+                        resume=True)
+    with pytest.raises(ValueError, match="resume: needs run_dir="):
+        train_regressor(_config(), tmp_path / "m", dataset=data, progress=False, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every: expected an int >= 1"):
+        train_regressor(_config(), tmp_path / "m", dataset=data, progress=False, run_dir=run, checkpoint_every=0)
+    weights = run / "checkpoints" / "step_00000002" / REGRESSOR_WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-4] + b"oops")
+    with pytest.raises(CheckpointError, match=f"{weights.name}: checksum does not match"):
+        train_regressor(_config(steps=4), tmp_path / "m", dataset=data, progress=False, run_dir=run, resume=True)
+    # a NeMo training run is not a regressor run
+    nemo = TrainConfig(backbone=TINY, steps=1, batch_size=2, checkpoint_every=1,
+                       data=synthetic_data((32, 32), mesh=CHAIR))
+    train(nemo, tmp_path / "nemo", progress=False)
+    with pytest.raises(CheckpointError, match="not a 'pose_regressor_checkpoint' checkpoint"):
+        load_regressor_checkpoint(tmp_path / "nemo")
+    with pytest.raises(CheckpointError, match="no such run or checkpoint directory"):
+        load_regressor_checkpoint(tmp_path / "missing")
 
 
 def test_train_regressor_rejects_bad_arguments(tmp_path):
