@@ -19,10 +19,13 @@ about 7 minutes on 2 CPU cores with the defaults, progress on stderr) and cached
 ``--cache DIR`` (default ``$MESHPOSE_CACHE`` or ``~/.cache/meshpose``), keyed by the
 mesh file's content and the build settings, so later runs start at once.
 ``--build-steps``, ``--build-size`` and ``--build-occlusion`` change the build settings
-(fewer steps or smaller renders: faster to build, worse poses). The most accurate build
-measured so far is ``--build-steps 24000 --build-occlusion 0 0.5`` (occluders hiding up to
-half of the object in the training renders; about 2 h 20 min on 2 CPU cores, once): see
-the README's status section for its accuracy.
+(fewer steps or smaller renders: faster to build, worse poses), and
+``--build-finetune-steps``, ``--build-finetune-occlusion`` and ``--build-finetune-lr`` add
+a fine-tuning stage (:class:`neural_mesh.build.BuildConfig`). The most accurate build
+measured so far is ``--build-steps 24000 --build-occlusion 0 0.5 --build-finetune-steps
+4000 --build-finetune-occlusion 0.2 0.7 --build-finetune-lr 3e-5`` (occluders hiding up to
+half of the object in the training renders, then 20-70% of it while fine-tuning; about
+2 h 40 min on 2 CPU cores, once): see the README's status section for its accuracy.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
 pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
@@ -169,8 +172,16 @@ def parser() -> argparse.ArgumentParser:
                      help=f"side of the training renders when building a model (default {BuildConfig.image_size})")
     adv.add_argument("--build-occlusion", type=_number, nargs=2, metavar=("LOW", "HIGH"),
                      help="hidden fraction of the object under occluders in the training renders when building "
-                          "a model (default 0 0: none; 0 0.5 with --build-steps 24000 is the most accurate build "
-                          "measured)")
+                          "a model (default 0 0: none; the README's status section names the most accurate "
+                          "build measured)")
+    adv.add_argument("--build-finetune-steps", type=non_negative_int, metavar="N",
+                     help="then fine-tune the built model for N more steps on renders with "
+                          "--build-finetune-occlusion (default 0: no such stage)")
+    adv.add_argument("--build-finetune-occlusion", type=_number, nargs=2, metavar=("LOW", "HIGH"),
+                     help="hidden fraction of the object in the fine-tuning renders "
+                          f"(default {' '.join(f'{x:g}' for x in BuildConfig.finetune_occlusion)})")
+    adv.add_argument("--build-finetune-lr", type=positive_float, metavar="LR",
+                     help=f"peak learning rate of the fine-tuning stage (default {BuildConfig.finetune_lr:g})")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--resume", action="store_true",
@@ -274,7 +285,7 @@ def gather(args: argparse.Namespace) -> Job:
             raise InputError("expected at least one IMAGE to fit")
         paths, mesh_path, out = [Path(p) for p in args.images], args.mesh, args.out
     if args.model is not None:
-        for name in ("cache", "build_steps", "build_size", "build_occlusion"):
+        for name in ("cache", *BUILD_FLAGS):
             if getattr(args, name) is not None:
                 raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
     if args.K is not None:
@@ -303,6 +314,17 @@ def gather(args: argparse.Namespace) -> Job:
     return Job(paths, images, Ks, bbox, mesh_path, mesh, out, example)
 
 
+#: The build flags (argparse names) and the BuildConfig fields they set.
+BUILD_FLAGS = {
+    "build_steps": "steps",
+    "build_size": "image_size",
+    "build_occlusion": "occlusion",
+    "build_finetune_steps": "finetune_steps",
+    "build_finetune_occlusion": "finetune_occlusion",
+    "build_finetune_lr": "finetune_lr",
+}
+
+
 def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
     """Load ``--model`` (warning if it was built for another mesh) or build/load the cached one.
 
@@ -317,23 +339,26 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
             log(f"{PROG}: warning: {args.model} was built for {name} (sha256 {str(built_for)[:12]}...), "
                 f"not for the content of {mesh_path}; poses may be wrong")
         return model
-    changes = {}
-    if args.build_steps is not None:
-        changes["steps"] = args.build_steps
-    if args.build_size is not None:
-        changes["image_size"] = args.build_size
-    if args.build_occlusion is not None:
-        changes["occlusion"] = tuple(args.build_occlusion)
+    changes = {field: getattr(args, flag) for flag, field in BUILD_FLAGS.items() if getattr(args, flag) is not None}
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+    if not changes.get("finetune_steps"):
+        for flag in ("build_finetune_occlusion", "build_finetune_lr"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag.replace('_', '-')}: only with --build-finetune-steps N (N > 0)")
     try:
         config = BuildConfig(**changes)
     except ValueError as error:
-        raise InputError(f"--build-occlusion: {error}") from None
+        # "BuildConfig.<field>: ..." -> the flag that set it
+        field = str(error).split(":", 1)[0].removeprefix("BuildConfig.")
+        flag = next((f for f, name in BUILD_FLAGS.items() if name == field), "build_occlusion")
+        raise InputError(f"--{flag.replace('_', '-')}: {error}") from None
     cache = args.cache if args.cache is not None else default_cache_dir()
     target = model_cache_path(mesh_path, config, cache)
     if (target / "model.json").is_file():
         log(f"{PROG}: using the cached pose model {target}")
     else:
-        log(f"{PROG}: building a pose model for {mesh_path} ({config.steps} training steps on "
+        tune = f" + {config.finetune_steps} fine-tuning" if config.finetune_steps else ""
+        log(f"{PROG}: building a pose model for {mesh_path} ({config.steps}{tune} training steps on "
             f"{config.image_size} x {config.image_size} renders; about 7 minutes on 2 CPU cores with the "
             f"defaults, once); it will be cached in {target}")
     return build_model(mesh_path, config, cache_dir=cache, progress=True)

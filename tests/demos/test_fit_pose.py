@@ -299,7 +299,16 @@ def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path)
         fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-steps", "12000",
                  "--build-occlusion", "0", "0.5", "--build-size", "96"])
     assert seen[0].steps == 12000 and seen[0].occlusion == (0.0, 0.5) and seen[0].image_size == 96
+    assert seen[0].finetune_steps == 0
     assert "12000 training steps on 96 x 96 renders" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-steps", "24000",
+                 "--build-finetune-steps", "4000", "--build-finetune-occlusion", "0.2", "0.7",
+                 "--build-finetune-lr", "3e-5"])
+    tuned = seen[1]
+    assert (tuned.steps, tuned.finetune_steps, tuned.finetune_occlusion, tuned.finetune_lr) == (
+        24000, 4000, (0.2, 0.7), 3e-5)
+    assert "24000 + 4000 fine-tuning training steps" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -333,7 +342,8 @@ BAD_CASES = (
     "nan focal", "K count", "K negative", "K inf", "K text", "focal and K", "bbox order", "bbox nan",
     "bbox outside", "missing model", "corrupt model json", "corrupt model weights", "out is a file",
     "image without mesh", "mesh without image", "build option with model", "tiny build size", "build occlusion order",
-    "build occlusion with model", "example with K",
+    "build occlusion with model", "finetune with model", "finetune occlusion without steps",
+    "finetune occlusion order", "example with K",
     "unknown option",
 )
 
@@ -380,6 +390,11 @@ def _bad_inputs(tmp: Path, model_dir: Path, shifted: Path) -> dict[str, tuple[li
         "tiny build size": ([img, *mesh, "--build-size", "8"], "--build-size"),
         "build occlusion order": ([img, *mesh, "--build-occlusion", "0.6", "0.2"], "--build-occlusion"),
         "build occlusion with model": ([img, *mesh, *model, "--build-occlusion", "0", "0.5"], "--build-occlusion"),
+        "finetune with model": ([img, *mesh, *model, "--build-finetune-steps", "5"], "--build-finetune-steps"),
+        "finetune occlusion without steps": ([img, *mesh, "--build-finetune-occlusion", "0.2", "0.7"],
+                                             "--build-finetune-occlusion"),
+        "finetune occlusion order": ([img, *mesh, "--build-finetune-steps", "5", "--build-finetune-occlusion",
+                                      "0.7", "0.2"], "--build-finetune-occlusion"),
         "example with K": (["--K", "500", "500", "160", "120"], "--K"),
         "unknown option": ([img, *mesh, "--frobnicate"], "--frobnicate"),
     }
