@@ -222,7 +222,9 @@ def eval_regression(regressor, samples, batch: int, model: PoseModel) -> tuple[d
 
 def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, device: str | torch.device = "cpu"):
     """The regression baseline trained on the build's data, backbone and steps (cached),
-    on ``device``."""
+    on ``device``. A build with a fine-tuning stage gets one too: the first stage's
+    baseline (cached as its own) trained on for ``finetune_steps`` on the stage's renders
+    with a fresh Adam at ``finetune_lr``."""
     from neural_mesh.backbones import PRESETS
     from neural_mesh.regression import RegressionConfig, load_regressor, train_regressor
     from neural_mesh.training import default_workers
@@ -230,13 +232,17 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, d
     directory = cache / "regressors" / cache_key(mesh, build)
     if (directory / "regressor.json").is_file():
         return load_regressor(directory, device=device)
-    config = RegressionConfig(backbone=PRESETS[build.backbone], batch_size=build.batch_size, steps=build.steps,
-                              lr=build.lr, seed=build.seed)
-    data = build.train_config(mesh).data
+    init = None
+    if build.finetune_steps:
+        init = get_regressor(mesh, build.first_stage(), cache, progress, device)
+    config = RegressionConfig(backbone=PRESETS[build.backbone], batch_size=build.batch_size,
+                              steps=build.finetune_steps or build.steps,
+                              lr=build.finetune_lr if build.finetune_steps else build.lr, seed=build.seed)
+    data = build.train_config(mesh).data  # the fine-tuning stage's renders when it has one
     # checkpoints beside the cache entry while it trains: an interrupted baseline resumes
     run_dir = cache / "regressor_runs" / directory.name
     result = train_regressor(config, directory, data=data, progress=progress, device=device,
-                             workers=default_workers(device), run_dir=run_dir, resume=True)
+                             workers=default_workers(device), run_dir=run_dir, resume=True, init=init)
     shutil.rmtree(run_dir, ignore_errors=True)
     return result.model.eval()
 
@@ -263,7 +269,7 @@ def main(argv=None) -> int:
                    help="hidden fraction of the object under occluders in the training renders "
                         "(BuildConfig.occlusion; default none)")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
-                   help="then fine-tune the model for N steps (BuildConfig.finetune_steps; needs --no-regression)")
+                   help="then fine-tune the model (and the baseline) for N steps (BuildConfig.finetune_steps)")
     p.add_argument("--finetune-occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    default=BuildConfig.finetune_occlusion,
                    help="hidden fraction of the object in the fine-tuning renders (BuildConfig.finetune_occlusion)")
@@ -305,8 +311,6 @@ def main(argv=None) -> int:
                             finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr)
     except ValueError as error:
         p.error(str(error))
-    if build.finetune_steps and not args.no_regression:
-        p.error("--finetune-steps: the regression baseline has no fine-tuning stage; add --no-regression")
     cache = Path(args.cache) if args.cache else default_cache_dir()
     steps = args.steps
     if args.model:

@@ -487,6 +487,7 @@ def train_regressor(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     checkpoint_every: int = 500,
+    init: PoseRegressor | None = None,
 ) -> RegressorResult:
     """Train a :class:`PoseRegressor` with Adam and :func:`regression_loss`; save it to
     ``out_dir`` (:func:`save_regressor`) at the end.
@@ -519,6 +520,10 @@ def train_regressor(
         run_dir: where checkpoints go (None: none are written).
         resume: continue from ``run_dir``'s latest checkpoint, if any.
         checkpoint_every: steps between checkpoints.
+        init: start from this regressor's weights instead of ``config.seed``'s (e.g. to
+            fine-tune a trained one on other data with a fresh Adam at ``config.lr``);
+            its ``backbone``, ``num_bins`` and ``hidden`` must equal ``config``'s. Ignored
+            when resuming (the checkpoint holds the weights).
 
     Returns:
         A :class:`RegressorResult`; ``losses`` holds every step's loss, those of the steps
@@ -526,7 +531,8 @@ def train_regressor(
 
     Raises:
         ValueError: neither or both of ``dataset`` / ``data``, an empty dataset, samples
-            without image or angles, images of different sizes, a bad ``checkpoint_every``.
+            without image or angles, images of different sizes, a bad ``checkpoint_every``,
+            an ``init`` of another architecture.
         CheckpointError: ``run_dir`` already holds a run and ``resume`` is false, its
             checkpoint is corrupt or was written with another config.
     """
@@ -536,6 +542,13 @@ def train_regressor(
         raise ValueError(f"checkpoint_every: expected an int >= 1, got {checkpoint_every!r}")
     if resume and run_dir is None:
         raise ValueError("resume: needs run_dir= (where the checkpoints are)")
+    if init is not None:
+        if not isinstance(init, PoseRegressor):
+            raise TypeError(f"init: expected a PoseRegressor, got {type(init).__name__}")
+        shape = ("backbone", "num_bins", "hidden")
+        if any(getattr(init.config, k) != getattr(config, k) for k in shape):
+            raise ValueError(f"init: its {', '.join(shape)} differ from the config's "
+                             f"({[getattr(init.config, k) for k in shape]} vs {[getattr(config, k) for k in shape]})")
     run_dir = None if run_dir is None else Path(run_dir)
     ckpt = None
     if run_dir is not None and (run_dir / LATEST_FILE).is_file():
@@ -562,6 +575,8 @@ def train_regressor(
     if ckpt is not None:
         model.load_state_dict(ckpt.model.state_dict())
         losses, start = list(ckpt.losses), ckpt.step
+    elif init is not None:
+        model.load_state_dict(init.state_dict())
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if ckpt is not None:

@@ -207,6 +207,28 @@ def test_the_regression_baseline_is_evaluated_in_eval_mode(tmp_path):
         torch.testing.assert_close(fresh.predict(images)[1], one_by_one)
 
 
+def test_a_fine_tuned_build_gets_a_fine_tuned_baseline(tmp_path):
+    """With a fine-tuning stage, the baseline is the first stage's (cached as its own)
+    trained on for the stage's steps on the stage's renders at its rate."""
+    from neural_mesh.build import BuildConfig, cache_key
+    from neural_mesh.regression import RegressionConfig, train_regressor
+    from neural_mesh.training import default_workers
+
+    bench = load_bench()
+    build = BuildConfig(steps=1, image_size=32, batch_size=2, finetune_steps=2, finetune_occlusion=(0.2, 0.7),
+                        finetune_lr=3e-4)
+    tuned = bench.get_regressor(CHAIR, build, tmp_path, progress=False)
+    first = bench.get_regressor(CHAIR, build.first_stage(), tmp_path, progress=False)  # from the cache
+    assert sorted(p.name for p in (tmp_path / "regressors").iterdir()) == sorted(
+        [cache_key(CHAIR, build), cache_key(CHAIR, build.first_stage())])
+    config = RegressionConfig(backbone=tuned.config.backbone, batch_size=2, steps=2, lr=3e-4)
+    expected = train_regressor(config, tmp_path / "by_hand", data=build.train_config(CHAIR).data,
+                               progress=False, init=first, workers=default_workers("cpu")).model
+    for (name, a), (_, b) in zip(expected.state_dict().items(), tuned.state_dict().items()):
+        assert torch.equal(a, b), name  # the same thread count: bit for bit
+    assert not torch.equal(tuned.cls.weight, first.cls.weight)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bench_pose_fits_on_cuda(tmp_path, capsys):
     save_tiny_model(tmp_path / "model", num_verts=40)

@@ -315,6 +315,24 @@ def test_regressor_checkpoints_refuse_misuse(tmp_path):
         load_regressor_checkpoint(tmp_path / "missing")
 
 
+def test_init_starts_from_given_weights(tmp_path):
+    data = _Fixed(4, seed=3)
+    trained = train_regressor(_config(steps=3, lr=3e-3), tmp_path / "a", dataset=data, progress=False).model
+    # no step: the result is the init's weights, not config.seed's
+    start = train_regressor(_config(steps=0, seed=7), tmp_path / "b", dataset=data, progress=False, init=trained).model
+    for (name, a), (_, b) in zip(trained.state_dict().items(), start.state_dict().items()):
+        assert torch.equal(a, b), name
+    # fine-tuning at another rate moves on from there
+    tuned = train_regressor(_config(steps=2, lr=1e-4), tmp_path / "c", dataset=data, progress=False, init=trained)
+    fresh = train_regressor(_config(steps=2, lr=1e-4), tmp_path / "d", dataset=data, progress=False)
+    assert tuned.losses[0] < fresh.losses[0]
+    assert not torch.equal(tuned.model.cls.weight, trained.cls.weight)
+    with pytest.raises(ValueError, match="init: its backbone, num_bins, hidden differ"):
+        train_regressor(_config(hidden=16), tmp_path / "e", dataset=data, progress=False, init=trained)
+    with pytest.raises(TypeError, match="init: expected a PoseRegressor"):
+        train_regressor(_config(), tmp_path / "e", dataset=data, progress=False, init=trained.state_dict())
+
+
 def test_train_regressor_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="exactly one of dataset= and data="):
         train_regressor(_config(), tmp_path / "a", progress=False)
