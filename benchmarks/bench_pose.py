@@ -33,9 +33,10 @@ right (within 30 deg) and scores higher than the fitted one refined again on the
 crop (the search missed the better basin); for the other 3 the loss itself prefers a
 wrong pose, and only better features can help.
 
-    .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 600] [--occlusion 0 0.5]
+    .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
+        [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR]]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
-        [--polish 1] [--box] [--renderer raycast] [--device cuda] [--json FILE]
+        [--polish 1] [--fit NAME=VALUE ...] [--box] [--renderer raycast] [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
 beside it), so a second run only evaluates. Both resume: an interrupted build or baseline
@@ -247,6 +248,40 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, d
     return result.model.eval()
 
 
+def fit_settings(items: list[str], **base) -> FitConfig:
+    """A :class:`FitConfig` from ``base`` and ``NAME=VALUE`` strings (``VALUE`` parsed as
+    JSON when it is JSON, else kept as a string; lists become tuples).
+
+    Raises:
+        ValueError: a malformed item, an unknown name or a value the config refuses.
+    """
+    names = {f.name for f in dataclasses.fields(FitConfig)}
+    changes = dict(base)
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        if name not in names:
+            raise ValueError(f"{name!r} is not a FitConfig setting (one of {', '.join(sorted(names))})")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    try:
+        return FitConfig(**changes)
+    except (TypeError, ValueError) as error:
+        raise ValueError(str(error)) from None
+
+
+def fit_changes(config: FitConfig) -> dict:
+    """The settings of ``config`` that differ from :class:`FitConfig`'s defaults."""
+    default = FitConfig()
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(FitConfig)
+            if getattr(config, f.name) != getattr(default, f.name)}
+
+
 def model_build(model: PoseModel, fallback: BuildConfig) -> tuple[BuildConfig, int | str]:
     """The :class:`BuildConfig` a model was built with and its training steps (from its
     ``meta``); ``fallback`` and the recorded steps (or ``"?"``) for a model trained
@@ -286,6 +321,9 @@ def main(argv=None) -> int:
                    help="render-and-compare loss (FitConfig.loss; 'nemo' is NeMo's)")
     p.add_argument("--polish", type=int, default=FitConfig.polish,
                    help="Adam restarts at each image's best pose (FitConfig.polish)")
+    p.add_argument("--fit", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other FitConfig setting, e.g. --fit top_k=6 --fit num_azimuths=24 (VALUE as JSON: "
+                        "numbers, true/false, null, [lists]; else a string)")
     p.add_argument("--box", action="store_true",
                    help="give render-and-compare the true box too, as the baseline always gets it (the "
                         "NeMo and PoseContrast papers' protocol: crops around the annotated box)")
@@ -303,6 +341,10 @@ def main(argv=None) -> int:
         p.error(f"--device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this torch build sees no CUDA device")
+    try:
+        fit_config = fit_settings(args.fit, loss=args.loss, polish=args.polish)
+    except ValueError as error:
+        p.error(f"--fit: {error}")
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
@@ -327,12 +369,12 @@ def main(argv=None) -> int:
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion),
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
                          "finetune_lr": build.finetune_lr, "n": args.n,
-                         "loss": args.loss, "polish": args.polish, "box": args.box, "renderer": args.renderer,
+                         "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
+                         "box": args.box, "renderer": args.renderer,
                          "device": str(device), "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n, args.renderer)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
-        fit_config = FitConfig(loss=args.loss, polish=args.polish)
         nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, args.box)
         nemo["true_pose_margin"] = true_pose_margins(model, samples, args.batch)
         nemo["truth_started"], started_err, started = truth_started(model, samples, args.batch, fit_config)
@@ -364,8 +406,9 @@ def main(argv=None) -> int:
     if build.finetune_steps:
         low, high = build.finetune_occlusion
         occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"
+    changed = ", ".join(f"{k}={v}" for k, v in fit_changes(fit_config).items() if k not in ("loss", "polish"))
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
-          f"{steps} training steps{occluders}, {args.loss} loss, {where}"
+          f"{steps} training steps{occluders}, {args.loss} loss{', ' + changed if changed else ''}, {where}"
           f"{'; render-and-compare given the true box' if args.box else ''})\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 "
           "| margin at truth | from truth | search misses |")

@@ -137,6 +137,34 @@ def test_bench_pose_box_gives_render_and_compare_the_true_box(tmp_path, capsys, 
     assert boxes[0] is None and json.loads(out.read_text())["box"] is False
 
 
+def test_bench_pose_fit_settings_reach_the_fit(tmp_path, capsys, monkeypatch):
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    configs = []
+    fit = PoseModel.fit
+    monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: configs.append(k.get("config")) or fit(self, *a, **k))
+    out = tmp_path / "r.json"
+    args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "1",
+            "--levels", "0", "--singles", "0", "--threads", "1", "--polish", "1", "--fit", "top_k=2",
+            "--fit", "elevation_range_deg=[-10, 40]", "--fit", "clutter_score=mean", "--json", str(out)]
+    assert bench.main(args) == 0
+    config = configs[0]
+    assert (config.top_k, config.elevation_range_deg, config.clutter_score, config.polish) == (2, (-10, 40), "mean", 1)
+    assert json.loads(out.read_text())["fit"] == {"elevation_range_deg": [-10, 40], "top_k": 2,
+                                                   "polish": 1, "clutter_score": "mean"}
+    assert "top_k=2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("item, words", [("top_k", "expected NAME=VALUE"), ("topk=3", "not a FitConfig setting"),
+                                         ("top_k=-1", "top_k: expected >= 0")])
+def test_bench_pose_rejects_bad_fit_settings(capsys, item, words):
+    bench = load_bench()
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--fit", item, "--no-regression", "--n", "1"])
+    assert stop.value.code == 2
+    assert words in capsys.readouterr().err
+
+
 def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     save_tiny_model(tmp_path / "model", num_verts=40)
     bench = load_bench()
