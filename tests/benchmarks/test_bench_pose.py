@@ -117,15 +117,27 @@ def test_search_misses_blames_the_search_when_the_truth_scores_better(tmp_path, 
     assert seen[0]["config"].top_k == 0
 
 
-def test_bench_pose_box_gives_render_and_compare_the_true_box(tmp_path, capsys, monkeypatch):
+def _tiny_model_run(tmp_path: Path, *options: str):
+    """The bench module and the arguments of a run on a tiny saved model at L0 (one
+    thread, no baseline, ``--json`` last): ``(bench, json_path, args)``."""
     save_tiny_model(tmp_path / "model", num_verts=40)
-    bench = load_bench()
-    boxes = []
-    fit = PoseModel.fit
-    monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: boxes.append(k.get("bbox")) or fit(self, *a, **k))
     out = tmp_path / "r.json"
-    args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "2",
-            "--levels", "0", "--singles", "1", "--threads", "1", "--box", "--json", str(out)]
+    args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--levels", "0",
+            "--threads", "1", *options, "--json", str(out)]
+    return load_bench(), out, args
+
+
+def _record_fit_argument(monkeypatch, name: str) -> list:
+    """Patch ``PoseModel.fit`` to record its keyword ``name`` on every call."""
+    seen = []
+    fit = PoseModel.fit
+    monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: seen.append(k.get(name)) or fit(self, *a, **k))
+    return seen
+
+
+def test_bench_pose_box_gives_render_and_compare_the_true_box(tmp_path, capsys, monkeypatch):
+    bench, out, args = _tiny_model_run(tmp_path, "--n", "2", "--singles", "1", "--box")
+    boxes = _record_fit_argument(monkeypatch, "bbox")
     assert bench.main(args) == 0
     assert "render-and-compare given the true box" in capsys.readouterr().out
     assert json.loads(out.read_text())["box"] is True
@@ -138,15 +150,9 @@ def test_bench_pose_box_gives_render_and_compare_the_true_box(tmp_path, capsys, 
 
 
 def test_bench_pose_fit_settings_reach_the_fit(tmp_path, capsys, monkeypatch):
-    save_tiny_model(tmp_path / "model", num_verts=40)
-    bench = load_bench()
-    configs = []
-    fit = PoseModel.fit
-    monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: configs.append(k.get("config")) or fit(self, *a, **k))
-    out = tmp_path / "r.json"
-    args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "1",
-            "--levels", "0", "--singles", "0", "--threads", "1", "--polish", "1", "--fit", "top_k=2",
-            "--fit", "elevation_range_deg=[-10, 40]", "--fit", "clutter_score=mean", "--json", str(out)]
+    bench, out, args = _tiny_model_run(tmp_path, "--n", "1", "--singles", "0", "--polish", "1", "--fit", "top_k=2",
+                                       "--fit", "elevation_range_deg=[-10, 40]", "--fit", "clutter_score=mean")
+    configs = _record_fit_argument(monkeypatch, "config")
     assert bench.main(args) == 0
     config = configs[0]
     assert (config.top_k, config.elevation_range_deg, config.clutter_score, config.polish) == (2, (-10, 40), "mean", 1)
