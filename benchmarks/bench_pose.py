@@ -40,9 +40,9 @@ wrong pose, and only better features can help.
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
 beside it), so a second run only evaluates. Both resume: an interrupted build or baseline
-goes on from its last checkpoint when the same command is run again. ``--device cuda`` trains, fits and times on a
-GPU (a model built on one device loads on any other); test images are always rendered on
-the CPU.
+goes on from its last checkpoint when the same command is run again. ``--device cuda``
+trains, fits and times on a GPU (a model built on one device loads on any other); test
+images are always rendered on the CPU.
 """
 
 from __future__ import annotations

@@ -288,6 +288,10 @@ def gather(args: argparse.Namespace) -> Job:
         for name in ("cache", *BUILD_FLAGS):
             if getattr(args, name) is not None:
                 raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
+    if not args.build_finetune_steps:
+        for flag in ("build_finetune_occlusion", "build_finetune_lr"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag.replace('_', '-')}: only with --build-finetune-steps N (N > 0)")
     if args.K is not None:
         fx, fy, cx, cy = args.K
         if not all(math.isfinite(v) for v in args.K) or not (fx > 0 and fy > 0):
@@ -341,10 +345,6 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
         return model
     changes = {field: getattr(args, flag) for flag, field in BUILD_FLAGS.items() if getattr(args, flag) is not None}
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
-    if not changes.get("finetune_steps"):
-        for flag in ("build_finetune_occlusion", "build_finetune_lr"):
-            if getattr(args, flag) is not None:
-                raise InputError(f"--{flag.replace('_', '-')}: only with --build-finetune-steps N (N > 0)")
     try:
         config = BuildConfig(**changes)
     except ValueError as error:

@@ -643,6 +643,11 @@ class RegressorCheckpoint:
     losses: list[float]
 
 
+def _cpu_state(model: PoseRegressor) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU copies (what safetensors writes)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
 def _save_regressor_checkpoint(run_dir: Path, step: int, model: PoseRegressor,
                                optimizer: torch.optim.Optimizer, losses: list[float]) -> Path:
     from safetensors.torch import save_file
@@ -650,8 +655,7 @@ def _save_regressor_checkpoint(run_dir: Path, step: int, model: PoseRegressor,
     opt_tensors, param_groups = optimizer_tensors(optimizer.state_dict())
 
     def write(work: Path) -> None:
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(work / REGRESSOR_WEIGHTS_FILE))
+        save_file(_cpu_state(model), str(work / REGRESSOR_WEIGHTS_FILE))
         save_file(opt_tensors, str(work / OPTIMIZER_FILE))
         save_file({"losses": torch.tensor(losses, dtype=torch.float64)}, str(work / _LOSSES_FILE))
 
@@ -709,7 +713,7 @@ def save_regressor(model: PoseRegressor, directory: str | os.PathLike) -> None:
     if not isinstance(model, PoseRegressor):
         raise TypeError(f"model: expected a PoseRegressor, got {type(model).__name__}")
     directory = Path(directory)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = _cpu_state(model)
     info = {
         "format": REGRESSOR_FORMAT,
         "format_version": REGRESSOR_FORMAT_VERSION,
