@@ -26,6 +26,7 @@ from .fitting import (
     pose_from_params,
     render_features,
 )
+from .checkpoints import CheckpointError
 from .build import BuildConfig, build_model, default_cache_dir, model_cache_path
 from .metrics import METRIC_NAMES, format_metrics_table, pose_metrics, rotation_error
 from .model import PoseModel
@@ -40,7 +41,6 @@ from .regression import (
 )
 from .training import (
     Checkpoint,
-    CheckpointError,
     ContrastiveLoss,
     TrainConfig,
     TrainResult,

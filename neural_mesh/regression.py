@@ -89,20 +89,18 @@ from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
 from .neural_mesh import ModelError, atomic_directory, file_sha256
-from .training import (
+from .checkpoints import (
     LATEST_FILE,
     OPTIMIZER_FILE,
     TRAINER_FILE,
     CheckpointError,
-    batch_indices,
-    flush_denormals,
     optimizer_state,
     optimizer_tensors,
     read_checkpoint,
     read_tensors,
-    training_threads,
     write_checkpoint,
 )
+from .training import batch_indices, flush_denormals, training_threads
 
 __all__ = [
     "ANGLE_NAMES",

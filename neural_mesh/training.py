@@ -118,8 +118,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +132,19 @@ from render.checks import check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
 from .neural_mesh import ModelError, NeuralMesh, file_sha256
+from .checkpoints import (
+    LATEST_FILE,
+    OPTIMIZER_FILE,
+    TRAINER_FILE,
+    CheckpointError,
+    optimizer_state,
+    optimizer_tensors,
+    read_checkpoint,
+    read_json,
+    read_tensors,
+    write_checkpoint,
+    write_json_atomic,
+)
 
 __all__ = [
     "TrainConfig",
@@ -164,11 +175,6 @@ __all__ = [
     "flush_denormals",
     "save_checkpoint",
     "load_checkpoint",
-    "write_checkpoint",
-    "read_checkpoint",
-    "read_tensors",
-    "optimizer_tensors",
-    "optimizer_state",
     "load_run_config",
 ]
 
@@ -176,17 +182,9 @@ _STRIDE = 8
 CHECKPOINT_FORMAT = "nemo_training_checkpoint"
 CHECKPOINT_VERSION = 1
 RUN_FILE = "run.json"
-LATEST_FILE = "latest.json"
-TRAINER_FILE = "trainer.json"
 BACKBONE_FILE = "backbone.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 MESHES_DIR = "meshes"
-
-
-class CheckpointError(ValueError):
-    """A run directory or checkpoint that cannot be used (missing or corrupt files, a
-    config that does not match); the message names the file and the problem."""
 
 
 # ======================================================================================
@@ -1165,73 +1163,6 @@ class Checkpoint:
     rng_state: dict[str, torch.Tensor]
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """An optimizer ``state_dict`` as tensors named ``state.<param>.<key>`` (CPU; numbers
-    become 0-d tensors) and its JSON-friendly ``param_groups``; :func:`optimizer_state`
-    inverts it."""
-    tensors = {}
-    for idx, entry in state["state"].items():
-        for key, value in entry.items():
-            if not isinstance(value, torch.Tensor):
-                value = torch.tensor(value)
-            tensors[f"state.{idx}.{key}"] = value.detach().to("cpu").contiguous()
-    return tensors, json.loads(json.dumps(state["param_groups"]))
-
-
-def write_checkpoint(
-    out_dir: str | os.PathLike,
-    step: int,
-    keep: int,
-    write: Callable[[Path], None],
-    trainer: Mapping[str, Any],
-) -> Path:
-    """Write ``out_dir/checkpoints/step_<step>`` atomically and point ``latest.json`` at
-    it; older checkpoints beyond the last ``keep`` are removed (module docstring).
-
-    The generic half of :func:`save_checkpoint` (also used by
-    :func:`neural_mesh.regression.train_regressor`): ``write(work)`` writes the
-    checkpoint's files into a temporary directory, then ``trainer.json`` is written there
-    with ``trainer``'s entries, ``"step"`` and the SHA-256 of every file (``"files"``),
-    which :func:`read_checkpoint` checks.
-
-    Returns:
-        The checkpoint directory.
-    """
-    out_dir = Path(out_dir)
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
-    final = root / name
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-    try:
-        write(work)
-        files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
-        info = {**trainer, "step": int(step), "files": {f: file_sha256(work / f) for f in files}}
-        (work / TRAINER_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
-            os.rename(final, trash / name)
-            os.rename(work, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(work, final)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    _write_json_atomic(out_dir / LATEST_FILE, {"step": int(step), "checkpoint": f"checkpoints/{name}"})
-    done = sorted(p for p in root.iterdir() if re.fullmatch(r"step_\d{8}", p.name))
-    for old in done[: max(0, len(done) - keep)]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 def save_checkpoint(
     out_dir: str | os.PathLike,
     step: int,
@@ -1272,89 +1203,6 @@ def save_checkpoint(
         "optimizer": {"type": type(optimizer).__name__, "param_groups": param_groups},
     }
     return write_checkpoint(out_dir, step, config.keep_checkpoints, write, trainer)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing ({what})")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        text = " ".join(str(error).split())[:160]
-        raise CheckpointError(f"{path}: not valid JSON ({text})") from None
-
-
-def _resolve_checkpoint(path: Path) -> Path:
-    if (path / TRAINER_FILE).is_file():
-        return path
-    latest = path / LATEST_FILE
-    if latest.is_file():
-        info = _read_json(latest, "pointer to the latest checkpoint")
-        if not isinstance(info, dict) or not isinstance(info.get("checkpoint"), str):
-            raise CheckpointError(f"{latest}: expected {{\"checkpoint\": \"checkpoints/step_...\"}}")
-        target = path / info["checkpoint"]
-        if not (target / TRAINER_FILE).is_file():
-            raise CheckpointError(f"{latest}: points to {target}, which is not a checkpoint")
-        return target
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run or checkpoint directory")
-    raise CheckpointError(f"{path}: not a checkpoint (no {TRAINER_FILE} or {LATEST_FILE})")
-
-
-def read_checkpoint(path: str | os.PathLike, fmt: str, version: int) -> tuple[Path, dict[str, Any]]:
-    """Find a checkpoint written by :func:`write_checkpoint` and check it: ``path`` is a
-    run directory (its ``latest.json`` is followed) or a ``checkpoints/step_*`` directory;
-    ``trainer.json`` must have ``"format": fmt`` and ``"format_version": version``, and
-    every file it lists must be there with its SHA-256.
-
-    Returns:
-        The checkpoint directory and its ``trainer.json``.
-
-    Raises:
-        CheckpointError: one line naming the file and the problem.
-    """
-    ckpt = _resolve_checkpoint(Path(path))
-    trainer_path = ckpt / TRAINER_FILE
-    info = _read_json(trainer_path, "checkpoint metadata")
-    if not isinstance(info, dict) or info.get("format") != fmt:
-        raise CheckpointError(f"{trainer_path}: not a {fmt!r} checkpoint")
-    if info.get("format_version") != version:
-        raise CheckpointError(f"{trainer_path}: unsupported format_version {info.get('format_version')!r}")
-    files = info.get("files")
-    if not isinstance(files, dict):
-        raise CheckpointError(f"{trainer_path}: malformed (no \"files\" table)")
-    for rel, sha in files.items():
-        p = ckpt / rel
-        if not p.is_file():
-            raise CheckpointError(f"{p}: missing (listed in {TRAINER_FILE})")
-        if file_sha256(p) != sha:
-            raise CheckpointError(f"{p}: checksum does not match {TRAINER_FILE} (corrupt or from another save)")
-    return ckpt, info
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors on the CPU (:class:`CheckpointError` naming the file
-    if it cannot be read)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        text = " ".join(str(error).split())[:160]
-        raise CheckpointError(f"{path}: cannot read safetensors ({text})") from None
-
-
-def optimizer_state(path: Path, param_groups: Any) -> dict[str, Any]:
-    """An optimizer ``state_dict`` from the tensors :func:`save_checkpoint` wrote to
-    ``path`` (``state.<param>.<key>``) and the ``param_groups`` kept in ``trainer.json``."""
-    state: dict[str, Any] = {"state": {}, "param_groups": param_groups}
-    for key, value in read_tensors(path).items():
-        parts = key.split(".")
-        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
-            raise CheckpointError(f"{path}: unexpected tensor {key!r}")
-        state["state"].setdefault(int(parts[1]), {})[parts[2]] = value
-    return state
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
@@ -1438,7 +1286,7 @@ def load_run_config(out_dir: str | os.PathLike) -> TrainConfig:
     run = Path(out_dir) / RUN_FILE
     if not run.is_file():
         raise CheckpointError(f"{run}: missing: no training run in {out_dir}")
-    saved = _read_json(run, "the run's config")
+    saved = read_json(run, "the run's config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{run}: expected a JSON object")
     try:
@@ -1619,7 +1467,7 @@ def train(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not (out_dir / RUN_FILE).exists():
-            _write_json_atomic(out_dir / RUN_FILE, config.to_dict())
+            write_json_atomic(out_dir / RUN_FILE, config.to_dict())
 
     backbone = FeatureBackbone(config.backbone, seed=_derived_seed(config.seed, "backbone") % (2**62))
     if init_backbone is not None and ckpt is None:
