@@ -94,7 +94,8 @@ summation order); BatchNorm running statistics are averaged over ranks after eve
                                    clutter (= clutter bank)
 
 A checkpoint is assembled in a temporary directory and renamed into place, then
-``latest.json`` is replaced atomically; the last ``keep_checkpoints`` are kept. Nothing is
+``latest.json`` is replaced atomically; the last ``keep_checkpoints`` are kept (the
+generic half, shared with the regression baseline, is :mod:`neural_mesh.checkpoints`). Nothing is
 unpickled. :func:`load_checkpoint` reads a run directory or a checkpoint directory back
 (backbone + neural meshes: what pose fitting needs).
 
