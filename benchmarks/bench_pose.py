@@ -421,6 +421,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def run(argv=None) -> int:
+    """:func:`main`, with Ctrl-C answered by one line instead of a traceback."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("\nbench_pose: interrupted; the same command goes on from the last checkpoint "
+              "of whatever was training", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
     torch.set_flush_denormal(True)  # before torch starts its threads (neural_mesh.training.flush_denormals)
-    sys.exit(main())
+    sys.exit(run())

@@ -212,6 +212,18 @@ def test_bench_pose_rejects_a_bad_model_directory(tmp_path, capsys):
     assert "nothing" in capsys.readouterr().err
 
 
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    bench = load_bench()
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "main", interrupted)
+    assert bench.run(["--no-regression"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("device", ["gpu0", "cuda"])
 def test_bench_pose_rejects_a_device_it_cannot_use(tmp_path, capsys, device):
     if device == "cuda" and torch.cuda.is_available():
