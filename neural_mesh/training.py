@@ -95,9 +95,9 @@ summation order); BatchNorm running statistics are averaged over ranks after eve
 
 A checkpoint is assembled in a temporary directory and renamed into place, then
 ``latest.json`` is replaced atomically; the last ``keep_checkpoints`` are kept (the
-generic half, shared with the regression baseline, is :mod:`neural_mesh.checkpoints`). Nothing is
-unpickled. :func:`load_checkpoint` reads a run directory or a checkpoint directory back
-(backbone + neural meshes: what pose fitting needs).
+generic half, shared with the regression baseline, is :mod:`neural_mesh.checkpoints`).
+Nothing is unpickled. :func:`load_checkpoint` reads a run directory or a checkpoint
+directory back (backbone + neural meshes: what pose fitting needs).
 
 Example (tiny; a real run is ``demos/train_nemo.py``)::
 
