@@ -34,7 +34,7 @@ crop (the search missed the better basin); for the other 3 the loss itself prefe
 wrong pose, and only better features can help.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
-        [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR]]
+        [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--fit NAME=VALUE ...] [--box] [--renderer raycast] [--device cuda] [--json FILE]
 
@@ -310,6 +310,10 @@ def main(argv=None) -> int:
                    help="hidden fraction of the object in the fine-tuning renders (BuildConfig.finetune_occlusion)")
     p.add_argument("--finetune-lr", type=float, default=BuildConfig.finetune_lr,
                    help="peak learning rate of the fine-tuning stage (BuildConfig.finetune_lr)")
+    p.add_argument("--finetune-center-jitter", type=float, metavar="J",
+                   help="spread of the object's image position in the fine-tuning renders, as a fraction of the "
+                        "image size (BuildConfig.finetune_center_jitter; default: the first stage's, "
+                        f"{BuildConfig.center_jitter:g})")
     p.add_argument("--n", type=int, default=40, help="test images per level")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=8)
@@ -350,7 +354,8 @@ def main(argv=None) -> int:
     mesh = Path(args.mesh).resolve()
     try:
         build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), finetune_steps=args.finetune_steps,
-                            finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr)
+                            finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
+                            finetune_center_jitter=args.finetune_center_jitter)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -368,7 +373,8 @@ def main(argv=None) -> int:
 
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion),
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
-                         "finetune_lr": build.finetune_lr, "n": args.n,
+                         "finetune_lr": build.finetune_lr,
+                         "finetune_center_jitter": build.finetune_center_jitter, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "box": args.box, "renderer": args.renderer,
                          "device": str(device), "levels": {}}
@@ -406,6 +412,8 @@ def main(argv=None) -> int:
     if build.finetune_steps:
         low, high = build.finetune_occlusion
         occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"
+        if build.finetune_center_jitter is not None:
+            occluders += f" with centre jitter {build.finetune_center_jitter:g}"
     changed = ", ".join(f"{k}={v}" for k, v in fit_changes(fit_config).items() if k not in ("loss", "polish"))
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
           f"{steps} training steps{occluders}, {args.loss} loss{', ' + changed if changed else ''}, {where}"

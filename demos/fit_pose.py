@@ -20,8 +20,8 @@ about 7 minutes on 2 CPU cores with the defaults, progress on stderr) and cached
 mesh file's content and the build settings, so later runs start at once.
 ``--build-steps``, ``--build-size`` and ``--build-occlusion`` change the build settings
 (fewer steps or smaller renders: faster to build, worse poses), and
-``--build-finetune-steps``, ``--build-finetune-occlusion`` and ``--build-finetune-lr`` add
-a fine-tuning stage (:class:`neural_mesh.build.BuildConfig`). The most accurate build
+``--build-finetune-steps``, ``--build-finetune-occlusion``, ``--build-finetune-lr`` and
+``--build-finetune-center-jitter`` add a fine-tuning stage (:class:`neural_mesh.build.BuildConfig`). The most accurate build
 measured so far is ``--build-steps 24000 --build-occlusion 0 0.5 --build-finetune-steps
 4000 --build-finetune-occlusion 0.2 0.7 --build-finetune-lr 3e-5`` (occluders hiding up to
 half of the object in the training renders, then 20-70% of it while fine-tuning; about
@@ -182,6 +182,9 @@ def parser() -> argparse.ArgumentParser:
                           f"(default {' '.join(f'{x:g}' for x in BuildConfig.finetune_occlusion)})")
     adv.add_argument("--build-finetune-lr", type=positive_float, metavar="LR",
                      help=f"peak learning rate of the fine-tuning stage (default {BuildConfig.finetune_lr:g})")
+    adv.add_argument("--build-finetune-center-jitter", type=_number, metavar="J",
+                     help="spread of the object's image position in the fine-tuning renders, as a fraction of "
+                          f"the image size (default: the first stage's, {BuildConfig.center_jitter:g})")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--resume", action="store_true",
@@ -289,7 +292,7 @@ def gather(args: argparse.Namespace) -> Job:
             if getattr(args, name) is not None:
                 raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
     if not args.build_finetune_steps:
-        for flag in ("build_finetune_occlusion", "build_finetune_lr"):
+        for flag in ("build_finetune_occlusion", "build_finetune_lr", "build_finetune_center_jitter"):
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')}: only with --build-finetune-steps N (N > 0)")
     if args.K is not None:
@@ -326,6 +329,7 @@ BUILD_FLAGS = {
     "build_finetune_steps": "finetune_steps",
     "build_finetune_occlusion": "finetune_occlusion",
     "build_finetune_lr": "finetune_lr",
+    "build_finetune_center_jitter": "finetune_center_jitter",
 }
 
 

@@ -90,9 +90,13 @@ class BuildConfig:
             than the first stage saw.
         finetune_occlusion: ``(low, high)`` hidden fraction of the fine-tuning renders.
         finetune_lr: peak learning rate of the fine-tuning stage.
+        finetune_center_jitter: ``center_jitter`` of the fine-tuning renders (``None``:
+            the first stage's); a wider spread teaches features that hold wherever the
+            object lands in the crop.
 
     The fine-tuning fields enter :meth:`to_dict` (and the cache key) only when
-    ``finetune_steps > 0``, so the keys of builds without the stage do not change.
+    ``finetune_steps > 0``, and ``finetune_center_jitter`` only when it is set, so the
+    keys of builds without them do not change.
     """
 
     steps: int = 1000
@@ -111,9 +115,10 @@ class BuildConfig:
     finetune_steps: int = 0
     finetune_occlusion: tuple[float, float] = (0.0, 0.0)
     finetune_lr: float = 1e-4
+    finetune_center_jitter: float | None = None
 
     #: the fields of the fine-tuning stage (not part of the first stage's build)
-    FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr")
+    FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr", "finetune_center_jitter")
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 1), ("image_size", 32), ("batch_size", 2), ("num_verts", 8), ("finetune_steps", 0)):
@@ -136,8 +141,12 @@ class BuildConfig:
         self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
         self._pair("occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
         self._pair("finetune_occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
-        if not (isinstance(self.center_jitter, (int, float)) and 0.0 <= self.center_jitter <= 0.5):
-            raise ValueError(f"BuildConfig.center_jitter: expected a number in [0, 0.5], got {self.center_jitter!r}")
+        for name in ("center_jitter", "finetune_center_jitter"):
+            value = getattr(self, name)
+            if value is None and name == "finetune_center_jitter":
+                continue
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 0.5):
+                raise ValueError(f"BuildConfig.{name}: expected a number in [0, 0.5], got {value!r}")
 
     def _pair(self, name: str, ok, words: str) -> None:
         """Check field ``name`` is two numbers with ``ok(a, b)``; store it as a float tuple."""
@@ -153,6 +162,8 @@ class BuildConfig:
         if not self.finetune_steps:
             for name in self.FINETUNE_FIELDS:
                 del data[name]
+        elif self.finetune_center_jitter is None:
+            del data["finetune_center_jitter"]
         return data
 
     def first_stage(self) -> BuildConfig:
@@ -167,11 +178,14 @@ class BuildConfig:
         size = (self.image_size, self.image_size)
         tune = self.finetune_steps > 0
         steps = self.finetune_steps if tune else self.steps
+        jitter = self.center_jitter
+        if tune and self.finetune_center_jitter is not None:
+            jitter = self.finetune_center_jitter
         return TrainConfig(
             backbone=dataclasses.replace(PRESETS[self.backbone], output_stride=self.output_stride),
             data=synthetic_data(size, mesh=mesh_path, seed=self.seed + 1 if tune else self.seed,
                                 scene={"distance_range": self.distance_range,
-                                       "center_jitter": self.center_jitter,
+                                       "center_jitter": jitter,
                                        "occlusion": self.finetune_occlusion if tune else self.occlusion}),
             steps=steps,
             batch_size=self.batch_size,

@@ -201,6 +201,24 @@ def test_bench_pose_rejects_a_bad_occlusion_range(capsys):
     assert "occlusion" in capsys.readouterr().err
 
 
+def test_bench_pose_passes_the_finetuning_centre_jitter_to_the_build(tmp_path, capsys, monkeypatch):
+    bench = load_bench()
+    seen = []
+
+    def fake_build(mesh, config, cache_dir=None, device="cpu"):
+        seen.append(config)
+        raise SystemExit(0)  # stop before training
+
+    monkeypatch.setattr(bench, "build_model", fake_build)
+    with pytest.raises(SystemExit):
+        bench.main(["--steps", "5", "--finetune-steps", "3", "--finetune-center-jitter", "0.12", "--no-regression",
+                    "--cache", str(tmp_path)])
+    assert (seen[0].finetune_steps, seen[0].finetune_center_jitter) == (3, 0.12)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--finetune-steps", "3", "--finetune-center-jitter", "0.9", "--no-regression", "--n", "1"])
+    assert stop.value.code == 2 and "finetune_center_jitter" in capsys.readouterr().err
+
+
 def test_bench_pose_rejects_a_bad_model_directory(tmp_path, capsys):
     bench = load_bench()
     try:

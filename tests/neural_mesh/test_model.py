@@ -296,3 +296,22 @@ def test_build_with_a_finetuning_stage(tmp_path):
         BuildConfig(finetune_occlusion=(0.7, 0.2))
     with pytest.raises(ValueError, match="BuildConfig.finetune_lr"):
         BuildConfig(finetune_lr=0)
+
+
+def test_finetune_center_jitter_reaches_only_the_finetuning_renders(tmp_path):
+    mesh = tmp_path / "chair.obj"
+    mesh.write_bytes(CHAIR.read_bytes())
+    tuned = replace(TINY, finetune_steps=2, finetune_occlusion=(0.2, 0.7))
+    wide = replace(tuned, finetune_center_jitter=0.12)
+    # unset, it leaves the key of existing fine-tuned builds as it was
+    assert "finetune_center_jitter" not in tuned.to_dict() and wide.to_dict()["finetune_center_jitter"] == 0.12
+    assert cache_key(mesh, wide) != cache_key(mesh, tuned)
+    assert wide.first_stage() == TINY
+    assert tuned.train_config(mesh).data["config"]["center_jitter"] == TINY.center_jitter
+    assert wide.train_config(mesh).data["config"]["center_jitter"] == 0.12
+    assert wide.first_stage().train_config(mesh).data["config"]["center_jitter"] == TINY.center_jitter
+    # without a fine-tuning stage it changes nothing, the key included
+    assert replace(TINY, finetune_center_jitter=0.3).to_dict() == TINY.to_dict()
+    for bad in (-0.1, 0.6, "0.1", True):
+        with pytest.raises(ValueError, match="BuildConfig.finetune_center_jitter"):
+            BuildConfig(finetune_center_jitter=bad)
