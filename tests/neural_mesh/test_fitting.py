@@ -463,7 +463,9 @@ def test_fit_with_a_remeshed_chair_model():
     nm, mu = _with_clutter(nm)
     pose = (60.0, 20.0, 0.0, 4.0, 80.0, 66.0)
     fmap, R, _ = synthetic_map(nm, mu, pose, seed=3)
-    res = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=CONFIG)[0]
+    # the default rate schedule: this small, thin object is still converging when the
+    # test's faster CONFIG has decayed its rates (6.8 deg after its 80 steps)
+    res = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=FitConfig())[0]
     assert _deg(res.R, R) < 5.0
 
 
