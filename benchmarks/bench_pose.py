@@ -31,12 +31,16 @@ the loss's own minimum lies from the truth. "search misses" splits the fit's fai
 (error >= 30 deg): "2 of 5" means that for 2 of them the pose refined from the truth is
 right (within 30 deg) and scores higher than the fitted one refined again on the same
 crop (the search missed the better basin); for the other 3 the loss itself prefers a
-wrong pose, and only better features can help.
+wrong pose, and only better features can help. ``--crop-shifts 0 2 4 8`` adds a table of
+the margin at truth on crops around the true box moved by that many input pixels: how
+much the features depend on where the crop puts the object.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
+        [--center-jitter 0.04]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
-        [--polish 1] [--fit NAME=VALUE ...] [--box] [--renderer raycast] [--device cuda] [--json FILE]
+        [--polish 1] [--fit NAME=VALUE ...] [--box] [--renderer raycast] [--crop-shifts PX ...]
+        [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
 beside it), so a second run only evaluates. Both resume: an interrupted build or baseline
@@ -137,16 +141,19 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
     return out, err, poses
 
 
-def true_pose_margins(model: PoseModel, samples, batch: int) -> dict[str, float]:
+def true_pose_margins(model: PoseModel, samples, batch: int,
+                      boxes: list | None = None) -> dict[str, float]:
     """The features' evidence for the *true* pose (:func:`neural_mesh.fitting.object_margins`,
-    images prepared as :meth:`PoseModel.fit` prepares them without a box): the mean margin
-    over the object's pixels and the fraction of them the object explains better than
-    clutter, averaged over the images. A training-quality number independent of the search."""
+    images prepared as :meth:`PoseModel.fit` prepares them without a box, or around
+    ``boxes``, one ``(x0, y0, x1, y1)`` per sample): the mean margin over the object's
+    pixels and the fraction of them the object explains better than clutter, averaged over
+    the images. A training-quality number independent of the search."""
     means, positives = [], []
     device = model.device
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
-        prepared = [model.prepare(s["image"].to(device), s["K"].to(device)) for s in chunk]
+        chunk_boxes = boxes[i:i + batch] if boxes is not None else [None] * len(chunk)
+        prepared = [model.prepare(s["image"].to(device), s["K"].to(device), box) for s, box in zip(chunk, chunk_boxes)]
         feats = model.feature_map(torch.stack([crop for crop, _, _ in prepared]))
         K_feat = feature_intrinsics(torch.stack([k for _, k, _ in prepared]).to(feats.dtype), model.backbone.stride)
         R = torch.stack([s["R"] for s in chunk]).to(device, feats.dtype)
@@ -158,6 +165,26 @@ def true_pose_margins(model: PoseModel, samples, batch: int) -> dict[str, float]
     seen = ~mean.isnan()
     return {"mean": float(mean[seen].mean()) if seen.any() else float("nan"),
             "positive": float(positive[seen].mean()) if seen.any() else float("nan")}
+
+
+def shifted_box(model: PoseModel, box, shift: float) -> list[float]:
+    """``box (x0, y0, x1, y1)`` moved right so that the crop :meth:`PoseModel.prepare`
+    makes around it moves by ``shift`` of the model's input pixels (the object appears
+    ``shift`` pixels left of where the box puts it)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    scale = max(x1 - x0, y1 - y0) / model.box_fraction / model.image_size[0]  # photo pixels per input pixel
+    dx = shift * scale
+    return [x0 + dx, y0, x1 + dx, y1]
+
+
+def crop_shift_margins(model: PoseModel, samples, batch: int, shifts) -> dict[str, dict[str, float]]:
+    """:func:`true_pose_margins` on crops around each sample's true box, shifted by each of
+    ``shifts`` input pixels: how much the features' evidence for the true pose depends on
+    where the crop puts the object (convolutional features that were equivariant to
+    translation would give the same numbers at every shift)."""
+    return {f"{shift:g}": true_pose_margins(model, samples, batch,
+                                            [shifted_box(model, s["bbox"].tolist(), shift) for s in samples])
+            for shift in shifts}
 
 
 def truth_started(model: PoseModel, samples, batch: int,
@@ -303,6 +330,9 @@ def main(argv=None) -> int:
     p.add_argument("--occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"), default=BuildConfig.occlusion,
                    help="hidden fraction of the object under occluders in the training renders "
                         "(BuildConfig.occlusion; default none)")
+    p.add_argument("--center-jitter", type=float, default=BuildConfig.center_jitter, metavar="J",
+                   help="spread of the object's image position in the training renders, as a fraction of the "
+                        "image size (BuildConfig.center_jitter)")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                    help="then fine-tune the model (and the baseline) for N steps (BuildConfig.finetune_steps)")
     p.add_argument("--finetune-occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"),
@@ -331,6 +361,9 @@ def main(argv=None) -> int:
     p.add_argument("--box", action="store_true",
                    help="give render-and-compare the true box too, as the baseline always gets it (the "
                         "NeMo and PoseContrast papers' protocol: crops around the annotated box)")
+    p.add_argument("--crop-shifts", type=float, nargs="+", metavar="PX",
+                   help="also measure the evidence for the true pose (margin at truth) on crops around the "
+                        "true box shifted by these many input pixels, e.g. 0 2 4 8 (a second table)")
     p.add_argument("--renderer", choices=RENDERERS, default="engine",
                    help="who draws the test images: the training engine, or datasets.raycast "
                         "(an independent ray caster with its own shading, floors, shadows, 3D occluders)")
@@ -353,7 +386,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
     try:
-        build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), finetune_steps=args.finetune_steps,
+        build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), center_jitter=args.center_jitter,
+                            finetune_steps=args.finetune_steps,
                             finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
                             finetune_center_jitter=args.finetune_center_jitter)
     except ValueError as error:
@@ -372,6 +406,7 @@ def main(argv=None) -> int:
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True, device=device)
 
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion),
+                         "center_jitter": build.center_jitter,
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
                          "finetune_lr": build.finetune_lr,
                          "finetune_center_jitter": build.finetune_center_jitter, "n": args.n,
@@ -383,6 +418,8 @@ def main(argv=None) -> int:
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, args.box)
         nemo["true_pose_margin"] = true_pose_margins(model, samples, args.batch)
+        if args.crop_shifts:
+            nemo["crop_shift_margins"] = crop_shift_margins(model, samples, args.batch, args.crop_shifts)
         nemo["truth_started"], started_err, started = truth_started(model, samples, args.batch, fit_config)
         failures, misses = search_misses(model, samples, fitted, started, err, started_err, fit_config)
         nemo["truth_started"].update(failures=failures, search_misses=misses)
@@ -409,6 +446,8 @@ def main(argv=None) -> int:
     drawn = "renders" if args.renderer == "engine" else "ray-cast images (another renderer)"
     low, high = build.occlusion
     occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
+    if build.center_jitter != BuildConfig.center_jitter:
+        occluders += f"{',' if occluders else ''} centre jitter {build.center_jitter:g}"
     if build.finetune_steps:
         low, high = build.finetune_occlusion
         occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"
@@ -424,6 +463,17 @@ def main(argv=None) -> int:
           "|----------------:|-----------:|--------------:|")
     for row in rows:
         print(row)
+    if args.crop_shifts:
+        print(f"\nMargin at truth (share explained) on crops around the true box, moved by this many of the "
+              f"model's {model.image_size[0]}-pixel input pixels (stride {model.backbone.stride}); "
+              f"'uncropped': the whole image, as the fit first sees it\n")
+        heads = ["uncropped"] + [f"{shift:g} px" for shift in args.crop_shifts]
+        print("| level |" + "|".join(f" {h:>15s} " for h in heads) + "|")
+        print("|-------|" + "|".join("-" * 16 + ":" for _ in heads) + "|")
+        for level, res in results["levels"].items():
+            m = res["render_and_compare"]
+            cells = [m["true_pose_margin"]] + [m["crop_shift_margins"][f"{shift:g}"] for shift in args.crop_shifts]
+            print(f"| {level:5s} |" + "|".join(" {:>15s} ".format(f"{c['mean']:+.3f} ({c['positive']:.0%})") for c in cells) + "|")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -82,6 +82,54 @@ def test_truth_started_fits_start_at_the_test_sets_true_pose(tmp_path):
         torch.stack([r.R for r in started]).double(), torch.stack([s["R"] for s in samples]).double()) * 180 / math.pi)
 
 
+def test_shifted_box_moves_the_crop_by_that_many_input_pixels(tmp_path):
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    model = PoseModel.load(tmp_path / "model")
+    image = torch.rand(3, 90, 120)
+    K = torch.tensor([[100.0, 0, 60], [0, 100.0, 45], [0, 0, 1]])
+    box = [30.0, 20.0, 70.0, 50.0]
+    _, K0, (x0, y0, scale) = model.prepare(image, K, box)
+    _, K1, (x1, y1, scale1) = model.prepare(image, K, bench.shifted_box(model, box, 4.0))
+    # the crop moves right by 4 of its own pixels, so the object (the principal point too)
+    # appears 4 pixels further left in it; nothing else changes
+    assert scale1 == pytest.approx(scale) and y1 == pytest.approx(y0)
+    assert x1 - x0 == pytest.approx(4.0 * scale)
+    assert float(K0[0, 2] - K1[0, 2]) == pytest.approx(4.0, abs=1e-4)
+    assert torch.allclose(K0[1:], K1[1:]) and torch.allclose(K0[0, :2], K1[0, :2])
+
+
+def test_crop_shift_margins_are_the_true_pose_margins_of_the_shifted_crops(tmp_path):
+    from neural_mesh.build import BuildConfig
+
+    save_tiny_model(tmp_path / "model", num_verts=40)
+    bench = load_bench()
+    model = PoseModel.load(tmp_path / "model")
+    samples = bench.test_set(CHAIR, BuildConfig(), 0, 3)
+    out = bench.crop_shift_margins(model, samples, 2, [0.0, 8.0])
+    assert set(out) == {"0", "8"}
+    boxes = [s["bbox"].tolist() for s in samples]
+    assert out["0"] == bench.true_pose_margins(model, samples, 2, boxes)
+    moved = bench.true_pose_margins(model, samples, 2, [bench.shifted_box(model, b, 8.0) for b in boxes])
+    assert out["8"] == moved and out["8"] != out["0"]  # another crop, other features
+
+
+def test_bench_pose_crop_shifts_add_a_table_and_json(tmp_path, capsys):
+    bench, out, args = _tiny_model_run(tmp_path, "--n", "2", "--singles", "1", "--crop-shifts", "0", "4")
+    assert bench.main(args) == 0
+    table = capsys.readouterr().out
+    assert "on crops around the true box" in table and "uncropped" in table and "4 px" in table
+    m = json.loads(out.read_text())["levels"]["L0"]["render_and_compare"]
+    assert set(m["crop_shift_margins"]) == {"0", "4"}
+    for cell in m["crop_shift_margins"].values():
+        assert -2.0 <= cell["mean"] <= 2.0 and 0.0 <= cell["positive"] <= 1.0
+    # without the option, neither the table nor the JSON entry
+    bench, out, args = _tiny_model_run(tmp_path / "plain", "--n", "2", "--singles", "1")
+    assert bench.main(args) == 0
+    assert "uncropped" not in capsys.readouterr().out
+    assert "crop_shift_margins" not in json.loads(out.read_text())["levels"]["L0"]["render_and_compare"]
+
+
 def test_search_misses_blames_the_search_when_the_truth_scores_better(tmp_path, monkeypatch):
     from dataclasses import replace
 
@@ -201,7 +249,7 @@ def test_bench_pose_rejects_a_bad_occlusion_range(capsys):
     assert "occlusion" in capsys.readouterr().err
 
 
-def test_bench_pose_passes_the_finetuning_centre_jitter_to_the_build(tmp_path, capsys, monkeypatch):
+def test_bench_pose_passes_the_centre_jitters_to_the_build(tmp_path, capsys, monkeypatch):
     bench = load_bench()
     seen = []
 
@@ -214,6 +262,13 @@ def test_bench_pose_passes_the_finetuning_centre_jitter_to_the_build(tmp_path, c
         bench.main(["--steps", "5", "--finetune-steps", "3", "--finetune-center-jitter", "0.12", "--no-regression",
                     "--cache", str(tmp_path)])
     assert (seen[0].finetune_steps, seen[0].finetune_center_jitter) == (3, 0.12)
+    assert seen[0].center_jitter == bench.BuildConfig.center_jitter
+    with pytest.raises(SystemExit):
+        bench.main(["--steps", "5", "--center-jitter", "0.15", "--no-regression", "--cache", str(tmp_path)])
+    assert (seen[1].center_jitter, seen[1].finetune_center_jitter) == (0.15, None)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--center-jitter", "0.7", "--no-regression", "--n", "1"])
+    assert stop.value.code == 2 and "center_jitter" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         bench.main(["--finetune-steps", "3", "--finetune-center-jitter", "0.9", "--no-regression", "--n", "1"])
     assert stop.value.code == 2 and "finetune_center_jitter" in capsys.readouterr().err
