@@ -39,7 +39,7 @@ much the features depend on where the crop puts the object.
         [--center-jitter 0.04]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
-        [--polish 1] [--fit NAME=VALUE ...] [--box] [--renderer raycast] [--crop-shifts PX ...]
+        [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast] [--crop-shifts PX ...]
         [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
@@ -113,24 +113,37 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def moved_boxes(samples, shift: float) -> list[list[float]]:
+    """Each sample's true box with its centre moved ``shift`` photo pixels, sample ``i``
+    in the direction ``i`` times the golden angle (spread evenly, no randomness): a
+    detector's box that is off by that much."""
+    golden = math.pi * (3 - math.sqrt(5))
+    out = []
+    for i, s in enumerate(samples):
+        x0, y0, x1, y1 = (float(v) for v in s["bbox"])
+        dx, dy = shift * math.cos(i * golden), shift * math.sin(i * golden)
+        out.append([x0 + dx, y0 + dy, x1 + dx, y1 + dy])
+    return out
+
+
 def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
-              config: FitConfig = FitConfig(), box: bool = False) -> tuple[dict, torch.Tensor, list]:
-    """Fit every sample (batched, then a few singly for the time), given its true box when
-    ``box``; returns the summary, the errors in degrees and the fitted ``(R, t)`` per
-    sample (CPU)."""
+              config: FitConfig = FitConfig(), boxes: list | None = None) -> tuple[dict, torch.Tensor, list]:
+    """Fit every sample (batched, then a few singly for the time), given ``boxes`` (one
+    ``(x0, y0, x1, y1)`` per sample) or none; returns the summary, the errors in degrees
+    and the fitted ``(R, t)`` per sample (CPU)."""
     poses, t_batched = [], 0.0
     device = model.device
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         t0 = _clock(device)
         res = model.fit([s["image"] for s in chunk], [s["K"] for s in chunk], config=config,
-                        bbox=[s["bbox"].tolist() for s in chunk] if box else None)
+                        bbox=boxes[i:i + batch] if boxes is not None else None)
         t_batched += _clock(device) - t0
         poses += [(r.R.cpu(), r.t.cpu()) for r in res]
     t_single = 0.0
-    for s in samples[:singles]:
+    for i, s in enumerate(samples[:singles]):
         t0 = _clock(device)
-        model.fit([s["image"]], [s["K"]], config=config, bbox=[s["bbox"].tolist()] if box else None)
+        model.fit([s["image"]], [s["K"]], config=config, bbox=[boxes[i]] if boxes is not None else None)
         t_single += _clock(device) - t0
     R = torch.stack([R for R, _ in poses]).double()
     R_gt = torch.stack([s["R"] for s in samples]).double()
@@ -361,6 +374,9 @@ def main(argv=None) -> int:
     p.add_argument("--box", action="store_true",
                    help="give render-and-compare the true box too, as the baseline always gets it (the "
                         "NeMo and PoseContrast papers' protocol: crops around the annotated box)")
+    p.add_argument("--box-shift", type=float, default=0.0, metavar="PX",
+                   help="with --box: move each true box's centre by PX photo pixels (a direction per image), "
+                        "to see how precisely a detector must place the box")
     p.add_argument("--crop-shifts", type=float, nargs="+", metavar="PX",
                    help="also measure the evidence for the true pose (margin at truth) on crops around the "
                         "true box shifted by these many input pixels, e.g. 0 2 4 8 (a second table)")
@@ -378,6 +394,10 @@ def main(argv=None) -> int:
         p.error(f"--device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this torch build sees no CUDA device")
+    if args.box_shift and not args.box:
+        p.error("--box-shift: moves the true box, so it needs --box")
+    if not (math.isfinite(args.box_shift) and args.box_shift >= 0):
+        p.error(f"--box-shift: expected a distance >= 0 in pixels, got {args.box_shift:g}")
     try:
         fit_config = fit_settings(args.fit, loss=args.loss, polish=args.polish)
     except ValueError as error:
@@ -411,12 +431,13 @@ def main(argv=None) -> int:
                          "finetune_lr": build.finetune_lr,
                          "finetune_center_jitter": build.finetune_center_jitter, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
-                         "box": args.box, "renderer": args.renderer,
+                         "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
                          "device": str(device), "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n, args.renderer)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
-        nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, args.box)
+        boxes = moved_boxes(samples, args.box_shift) if args.box else None
+        nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, boxes)
         nemo["true_pose_margin"] = true_pose_margins(model, samples, args.batch)
         if args.crop_shifts:
             nemo["crop_shift_margins"] = crop_shift_margins(model, samples, args.batch, args.crop_shifts)
@@ -456,7 +477,8 @@ def main(argv=None) -> int:
     changed = ", ".join(f"{k}={v}" for k, v in fit_changes(fit_config).items() if k not in ("loss", "polish"))
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
           f"{steps} training steps{occluders}, {args.loss} loss{', ' + changed if changed else ''}, {where}"
-          f"{'; render-and-compare given the true box' if args.box else ''})\n")
+          f"{'; render-and-compare given the true box' if args.box else ''}"
+          f"{f' moved by {args.box_shift:g} px' if args.box_shift else ''})\n")
     print("| level            | method             | Acc@pi/6 | Acc@pi/18 | MedErr | s/img batch | s/img 1 "
           "| margin at truth | from truth | search misses |")
     print("|------------------|--------------------|---------:|----------:|-------:|------------:|--------:"

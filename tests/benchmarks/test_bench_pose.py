@@ -197,6 +197,38 @@ def test_bench_pose_box_gives_render_and_compare_the_true_box(tmp_path, capsys, 
     assert boxes[0] is None and json.loads(out.read_text())["box"] is False
 
 
+def test_moved_boxes_keep_the_size_and_move_the_centre_by_the_shift():
+    bench = load_bench()
+    samples = [{"bbox": torch.tensor([10.0, 20.0, 50.0, 40.0])} for _ in range(5)]
+    moved = bench.moved_boxes(samples, 6.0)
+    directions = set()
+    for box in moved:
+        assert box[2] - box[0] == pytest.approx(40.0) and box[3] - box[1] == pytest.approx(20.0)
+        dx, dy = (box[0] + box[2]) / 2 - 30.0, (box[1] + box[3]) / 2 - 30.0
+        assert math.hypot(dx, dy) == pytest.approx(6.0)
+        directions.add((round(dx, 3), round(dy, 3)))
+    assert len(directions) == 5  # each image its own direction
+    assert bench.moved_boxes(samples, 0.0)[0] == [10.0, 20.0, 50.0, 40.0]
+
+
+def test_bench_pose_box_shift_gives_the_moved_box(tmp_path, capsys, monkeypatch):
+    bench, out, args = _tiny_model_run(tmp_path, "--n", "2", "--singles", "1", "--box", "--box-shift", "5")
+    boxes = _record_fit_argument(monkeypatch, "bbox")
+    assert bench.main(args) == 0
+    assert "given the true box moved by 5 px" in capsys.readouterr().out
+    assert json.loads(out.read_text())["box_shift"] == 5.0
+    samples = bench.test_set(CHAIR, bench.BuildConfig(), 0, 2)
+    assert boxes[0] == bench.moved_boxes(samples, 5.0) != [s["bbox"].tolist() for s in samples]
+
+
+@pytest.mark.parametrize("extra, words", [(["--box-shift", "4"], "needs --box"),
+                                          (["--box", "--box-shift", "-1"], "expected a distance >= 0")])
+def test_bench_pose_rejects_a_bad_box_shift(capsys, extra, words):
+    with pytest.raises(SystemExit) as exit_info:
+        load_bench().main(["--no-regression", *extra])
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_bench_pose_fit_settings_reach_the_fit(tmp_path, capsys, monkeypatch):
     bench, out, args = _tiny_model_run(tmp_path, "--n", "1", "--singles", "0", "--polish", "1", "--fit", "top_k=2",
                                        "--fit", "elevation_range_deg=[-10, 40]", "--fit", "clutter_score=mean")
