@@ -222,7 +222,8 @@ def search_misses(model: PoseModel, samples, fitted: list, started: list, err: t
 
     ``fitted``: the fit's ``(R, t)`` per sample; ``started``, ``started_err``:
     :func:`truth_started`'s results and errors. Each failed pose is refined again on the
-    truth-started run's feature map (the photo cropped around the true pose's box), so
+    truth-started run's feature map (the photo cropped around the true pose, as
+    :meth:`PoseModel.crop_box` places it), so
     that both are local minima of one loss; a *miss* is a failure whose truth-started pose
     is right (within 30 deg) and scores higher there: the search did not reach the better
     basin. For the other failures the loss itself prefers a wrong pose.
@@ -231,7 +232,7 @@ def search_misses(model: PoseModel, samples, fitted: list, started: list, err: t
     if not bad:
         return 0, 0
     device = model.device
-    boxes = [model.projected_box(samples[i]["R"].to(device), samples[i]["t"].to(device), samples[i]["K"].to(device))
+    boxes = [model.crop_box(samples[i]["R"].to(device), samples[i]["t"].to(device), samples[i]["K"].to(device))
              for i in bad]
     init = (torch.stack([fitted[i][0] for i in bad]), torch.stack([fitted[i][1] for i in bad]))
     again = model.fit([samples[i]["image"] for i in bad], [samples[i]["K"] for i in bad], bbox=boxes, init=init,

@@ -21,14 +21,20 @@ whole image, padded with grey) and resized so that the object's box spans about
 the pixel map of the crop, pixel centres at integers), so poses fitted in the crop are
 poses of the original camera. Without a box, :meth:`PoseModel.fit` fits the whole
 image first, then (``recrop=True``) crops around the fitted object, so that it appears at
-the training scale, and fits again (the grid's starts plus the first pose), keeping the
+the training scale and with its centre (not its 2D box's centre) where the training
+renders put it (:meth:`PoseModel.crop_box`), and fits again (the grid's starts plus the first pose), keeping the
 second fit when it scores higher, or always when the first found the object much smaller,
 larger or further off-centre than in training. On the 40 held-out unoccluded renders of
 ``benchmarks/bench_pose.py`` (``--steps 12000 --occlusion 0 0.5``), this second look took a
 12,000-step occluder build from 87.5% within 30 deg (median 7.5 deg; the second fit then
 ran only for far-off objects) to 100% (4.8 deg), and the default build from 72.5% (12.8
 deg) to 85% (11.0 deg); occluded levels moved within noise (L2: 52.5% -> 55%, 25% -> 30%).
-It costs about twice the time of one fit.
+It costs about twice the time of one fit. Centring that crop on the fitted object's
+centre rather than on its 2D box (the two are a median 3.5 input pixels apart on those
+renders, up to 9) took a 3,000-step heavy-occluder build (``benchmarks/bench_pose.py --steps 3000
+--occlusion 0.2 0.7 --no-regression --levels 0 2 --n 120``) from 36.7% to 40.8% at L2,
+with L0 unchanged within one image (74.2% -> 73.3%); in a scratch trial, crops centred on
+the true pose's centre also beat crops around the true box at both levels.
 
 On disk (:meth:`PoseModel.save` / :meth:`PoseModel.load`)::
 
@@ -253,7 +259,7 @@ class PoseModel:
             raise ValueError(f"bbox: expected {b} boxes or None (one per image), got {len(boxes)}")
         if init is not None:
             R0, t0 = check_init_poses(init, b, self.device)
-            boxes = [box if box is not None else self.projected_box(R0[i], t0[i], Ks[i]) for i, box in enumerate(boxes)]
+            boxes = [box if box is not None else self.crop_box(R0[i], t0[i], Ks[i]) for i, box in enumerate(boxes)]
             results = self._fit_once(images, Ks, boxes, config, init=(R0, t0))
             recrop = False
         else:
@@ -261,7 +267,7 @@ class PoseModel:
         if recrop:
             again = [i for i in range(b) if boxes[i] is None]
             if again:
-                new_boxes = [self.projected_box(results[i].R, results[i].t, Ks[i]) for i in again]
+                new_boxes = [self.crop_box(results[i].R, results[i].t, Ks[i]) for i in again]
                 first = (torch.stack([results[i].R for i in again]), torch.stack([results[i].t for i in again]))
                 redo = self._fit_once([images[i] for i in again], [Ks[i] for i in again], new_boxes, config,
                                       init=first)
@@ -294,6 +300,19 @@ class PoseModel:
         uv = project_points(verts[None], K.to(R.dtype), R, t)[0][0]
         lo, hi = uv.min(0).values, uv.max(0).values
         return [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])]
+
+    def crop_box(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor) -> list[float]:
+        """The box to crop around (:meth:`prepare`) to see the object at pose ``(R, t)`` as
+        the training renders showed it: the size of :meth:`projected_box`, centred where the
+        object's centre (the model frame's origin) projects, which is where the renders put
+        the image centre (up to the build's ``center_jitter``). The 2D box's own centre can
+        be several pixels away from it (module docstring)."""
+        x0, y0, x1, y1 = self.projected_box(R, t, K)
+        o = project_points(torch.zeros(1, 1, 3, dtype=R.dtype, device=R.device), K.to(R.dtype)[None],
+                           R[None], t[None])[0][0, 0]
+        hw, hh = (x1 - x0) / 2.0, (y1 - y0) / 2.0
+        u, v = float(o[0]), float(o[1])
+        return [u - hw, v - hh, u + hw, v + hh]
 
     def _needs_recrop(self, result: PoseResult, image: torch.Tensor, K: torch.Tensor) -> bool:
         H, W = image.shape[-2:]

@@ -161,7 +161,7 @@ def test_search_misses_blames_the_search_when_the_truth_scores_better(tmp_path, 
     fit = PoseModel.fit
     monkeypatch.setattr(PoseModel, "fit", lambda self, *a, **k: seen.append(k) or fit(self, *a, **k))
     bench.search_misses(model, samples, truth, started, failed, started_err, still)
-    assert seen[0]["bbox"] == [model.projected_box(samples[i]["R"], samples[i]["t"], samples[i]["K"]) for i in (0, 1)]
+    assert seen[0]["bbox"] == [model.crop_box(samples[i]["R"], samples[i]["t"], samples[i]["K"]) for i in (0, 1)]
     assert seen[0]["config"].top_k == 0
 
 

@@ -91,6 +91,27 @@ def test_file_frame_pose_gives_the_same_projection(tiny_model):
     torch.testing.assert_close(Rf, R)
 
 
+def test_crop_box_centres_the_object_centre_as_the_training_renders_do(tiny_model):
+    # the renders put the object's centre (the model frame's origin) at the principal
+    # point; the 2D box of a chair seen from above-left is centred elsewhere
+    K = intrinsics(150.0, 150.0, 63.5, 60.0)
+    R, t = angles_to_pose(torch.tensor(0.9), torch.tensor(0.6), torch.tensor(0.2), torch.tensor(3.5))
+    box = tiny_model.projected_box(R, t, K)
+    crop = tiny_model.crop_box(R, t, K)
+    assert (crop[0] + crop[2]) / 2 == pytest.approx(63.5, abs=1e-3)
+    assert (crop[1] + crop[3]) / 2 == pytest.approx(60.0, abs=1e-3)
+    assert crop[2] - crop[0] == pytest.approx(box[2] - box[0], rel=1e-5)
+    assert crop[3] - crop[1] == pytest.approx(box[3] - box[1], rel=1e-5)
+    centre_gap = math.hypot((box[0] + box[2]) / 2 - 63.5, (box[1] + box[3]) / 2 - 60.0)
+    assert centre_gap > 0.5  # a different crop than the box's own centre
+    # anywhere in the photo: the centre follows the origin's projection
+    t2 = t + torch.tensor([0.4, -0.2, 0.0])
+    uv = project_points(torch.zeros(1, 1, 3), K, R, t2)[0][0, 0]
+    c2 = tiny_model.crop_box(R, t2, K)
+    assert (c2[0] + c2[2]) / 2 == pytest.approx(float(uv[0]), abs=1e-3)
+    assert (c2[1] + c2[3]) / 2 == pytest.approx(float(uv[1]), abs=1e-3)
+
+
 def test_save_load_round_trip_and_errors(tiny_model, tmp_path):
     d = tmp_path / "m"
     tiny_model.save(d)
@@ -159,7 +180,7 @@ def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypat
     res = tiny_model.fit(images, [K, K])
     assert [r.score for r in res] == [0.7, 0.5]  # the second fit where it scored higher
     assert len(calls) == 2 and calls[1][1] is not None  # one second pass, started at the first poses
-    assert calls[1][0] == [tiny_model.projected_box(R, t, K)] * 2
+    assert calls[1][0] == [tiny_model.crop_box(R, t, K)] * 2  # around the first fit
     calls.clear()
     assert [r.score for r in tiny_model.fit(images, [K, K], recrop=False)] == [0.5, 0.5] and len(calls) == 1
     # a given box: no second pass for that photo
@@ -188,7 +209,7 @@ def test_fit_from_init_poses_crops_around_them_and_returns_them_unrefined(tiny_m
     monkeypatch.setattr(PoseModel, "_fit_once", lambda self, *a, **k: seen.append(a[2]) or fit_once(self, *a, **k))
     monkeypatch.setattr(PoseModel, "_needs_recrop", lambda *a: pytest.fail("recrop pass after an init fit"))
     res = tiny_model.fit(images, Ks, init=(R, t), config=FitConfig(top_k=0, steps=0))
-    assert seen == [[tiny_model.projected_box(R[i], t[i], Ks[i]) for i in range(2)]]  # one pass, init's boxes
+    assert seen == [[tiny_model.crop_box(R[i], t[i], Ks[i]) for i in range(2)]]  # one pass, init's boxes
     for i, r in enumerate(res):
         torch.testing.assert_close(r.R.float(), R[i], atol=1e-4, rtol=0)
         torch.testing.assert_close(r.t.float(), t[i], atol=1e-3, rtol=0)
