@@ -36,7 +36,7 @@ the margin at truth on crops around the true box moved by that many input pixels
 much the features depend on where the crop puts the object.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
-        [--center-jitter 0.04]
+        [--center-jitter 0.04] [--center-on object|box]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast] [--crop-shifts PX ...]
@@ -347,6 +347,9 @@ def main(argv=None) -> int:
     p.add_argument("--center-jitter", type=float, default=BuildConfig.center_jitter, metavar="J",
                    help="spread of the object's image position in the training renders, as a fraction of the "
                         "image size (BuildConfig.center_jitter)")
+    p.add_argument("--center-on", choices=("object", "box"), default=BuildConfig.center_on,
+                   help="what the training renders centre (up to the jitter): the object's centre, or its 2D "
+                        "box's centre, as a crop around a given box (--box) does (BuildConfig.center_on)")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                    help="then fine-tune the model (and the baseline) for N steps (BuildConfig.finetune_steps)")
     p.add_argument("--finetune-occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"),
@@ -408,7 +411,7 @@ def main(argv=None) -> int:
     mesh = Path(args.mesh).resolve()
     try:
         build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), center_jitter=args.center_jitter,
-                            finetune_steps=args.finetune_steps,
+                            center_on=args.center_on, finetune_steps=args.finetune_steps,
                             finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
                             finetune_center_jitter=args.finetune_center_jitter)
     except ValueError as error:
@@ -427,7 +430,7 @@ def main(argv=None) -> int:
     regressor = None if args.no_regression else get_regressor(mesh, build, cache, progress=True, device=device)
 
     rows, results = [], {"mesh": mesh.name, "steps": steps, "occlusion": list(build.occlusion),
-                         "center_jitter": build.center_jitter,
+                         "center_jitter": build.center_jitter, "center_on": build.center_on,
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
                          "finetune_lr": build.finetune_lr,
                          "finetune_center_jitter": build.finetune_center_jitter, "n": args.n,
@@ -470,6 +473,8 @@ def main(argv=None) -> int:
     occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
     if build.center_jitter != BuildConfig.center_jitter:
         occluders += f"{',' if occluders else ''} centre jitter {build.center_jitter:g}"
+    if build.center_on != "object":
+        occluders += f"{',' if occluders else ''} renders centred on the 2D box"
     if build.finetune_steps:
         low, high = build.finetune_occlusion
         occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"

@@ -171,6 +171,11 @@ class SyntheticConfig:
         focal_range: uniform focal length range, in units of the longer image side.
         center_jitter: the principal point (where the object centre projects) is the
             image centre plus a uniform offset of up to ``center_jitter * (W, H)``.
+        center_on: what that jittered image centre holds: ``"object"`` (the object's
+            centre, the mesh frame's origin: the principal point itself) or ``"box"``
+            (the centre of the object's 2D box, as a crop around a detector's box puts
+            it; the principal point moves by the box centre's offset from the origin's
+            projection, which depends on the view).
         occlusion: occlusion level 0-3 (:data:`datasets.randomize.OCCLUSION_LEVELS`) or a
             ``(low, high)`` hidden-fraction range.
         occluder_shape_probability: chance that an occluder is another shape (else a
@@ -207,6 +212,7 @@ class SyntheticConfig:
     distance_range: tuple[float, float] = (4.0, 6.0)
     focal_range: tuple[float, float] = (1.5, 2.1)
     center_jitter: float = 0.08
+    center_on: str = "object"
     occlusion: int | tuple[float, float] = 0
     occluder_shape_probability: float = 0.5
     occluder_looks: int = 4
@@ -263,6 +269,8 @@ class SyntheticConfig:
         put("focal_range", f)
         if not 0.0 <= float(self.center_jitter) <= 0.5:
             raise ValueError(f"SyntheticConfig.center_jitter: expected a value in [0, 0.5], got {self.center_jitter}")
+        if self.center_on not in ("object", "box"):
+            raise ValueError(f"SyntheticConfig.center_on: expected 'object' or 'box', got {self.center_on!r}")
         occ = self.occlusion
         if isinstance(occ, (int, np.integer)) and not isinstance(occ, bool):
             if int(occ) not in rz.OCCLUSION_LEVELS:
@@ -588,6 +596,16 @@ class SyntheticDataset(torch.utils.data.Dataset):
         focal = u(g, *cfg.focal_range) * max(h, w)
         cx = (w - 1) / 2.0 + u(g, -1.0, 1.0) * cfg.center_jitter * w
         cy = (h - 1) / 2.0 + u(g, -1.0, 1.0) * cfg.center_jitter * h
+        if cfg.center_on == "box":
+            # the principal point moves the whole projection rigidly: put the projected
+            # vertices' box centre where the origin would have been
+            R, t = angles_to_pose(azimuth, elevation, theta, distance)
+            K = intrinsics(focal, focal, cx, cy).to(torch.float32)
+            uv = project_points(shape.mesh.verts.to(torch.float32)[None], K, R.to(torch.float32),
+                                t.to(torch.float32))[0][0]
+            box_u = (float(uv[:, 0].min()) + float(uv[:, 0].max())) / 2.0
+            box_v = (float(uv[:, 1].min()) + float(uv[:, 1].max())) / 2.0
+            cx, cy = 2.0 * cx - box_u, 2.0 * cy - box_v
         parts = max(1, shape.num_parts)
         appearance = rz.sample_appearance(g, parts, mesh_color_probability=cfg.mesh_color_probability)
         light = rz.sample_light(g)

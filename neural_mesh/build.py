@@ -79,6 +79,10 @@ class BuildConfig:
             draw the object larger, over more feature cells.
         center_jitter: where the object centre projects: the image centre plus up to this
             fraction of the image size.
+        center_on: what the renders put at that (jittered) centre: ``"object"`` (the
+            object's centre; default) or ``"box"`` (its 2D box's centre, as a crop around
+            a given box does: :attr:`datasets.synthetic.SyntheticConfig.center_on`). The
+            model's crops follow the same rule (:meth:`PoseModel.crop_box`).
         occlusion: ``(low, high)`` hidden fraction of the object under random occluders
             in the training renders (``(0, 0)``: none); vertices under an occluder are
             left out of the loss, so features learn to ignore what covers the object.
@@ -95,8 +99,9 @@ class BuildConfig:
             object lands in the crop.
 
     The fine-tuning fields enter :meth:`to_dict` (and the cache key) only when
-    ``finetune_steps > 0``, and ``finetune_center_jitter`` only when it is set, so the
-    keys of builds without them do not change.
+    ``finetune_steps > 0``, ``finetune_center_jitter`` only when it is set and
+    ``center_on`` only when it is ``"box"``, so the keys of builds without them do not
+    change.
     """
 
     steps: int = 1000
@@ -110,6 +115,7 @@ class BuildConfig:
     lr_schedule: str = "cosine"
     distance_range: tuple[float, float] = (3.4, 5.0)
     center_jitter: float = 0.04
+    center_on: str = "object"
     occlusion: tuple[float, float] = (0.0, 0.0)
     seed: int = 0
     finetune_steps: int = 0
@@ -136,6 +142,8 @@ class BuildConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"BuildConfig.{name}: expected a number > 0, got {value!r}")
+        if self.center_on not in ("object", "box"):
+            raise ValueError(f"BuildConfig.center_on: expected 'object' or 'box', got {self.center_on!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"BuildConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
@@ -164,6 +172,8 @@ class BuildConfig:
                 del data[name]
         elif self.finetune_center_jitter is None:
             del data["finetune_center_jitter"]
+        if self.center_on == "object":
+            del data["center_on"]
         return data
 
     def first_stage(self) -> BuildConfig:
@@ -186,6 +196,7 @@ class BuildConfig:
             data=synthetic_data(size, mesh=mesh_path, seed=self.seed + 1 if tune else self.seed,
                                 scene={"distance_range": self.distance_range,
                                        "center_jitter": jitter,
+                                       "center_on": self.center_on,
                                        "occlusion": self.finetune_occlusion if tune else self.occlusion}),
             steps=steps,
             batch_size=self.batch_size,
@@ -293,6 +304,7 @@ def build_model(
         box_fraction=box_fraction,
         mesh_center=center.detach().to("cpu", torch.float64),
         mesh_scale=float(scale),
+        center_on=config.center_on,
         meta={
             "mesh_file": mesh_path.name,
             "mesh_sha256": file_sha256(mesh_path),

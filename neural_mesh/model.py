@@ -41,7 +41,9 @@ On disk (:meth:`PoseModel.save` / :meth:`PoseModel.load`)::
     DIR/model.json            {"format": "meshpose_pose_model", "format_version": 1,
                                "backbone": {...}, "image_size": [H, W],
                                "box_fraction": f, "mesh_center": [cx, cy, cz],
-                               "mesh_scale": s, "backbone_sha256": "...", "meta": {...}}
+                               "mesh_scale": s, "center_on": "object" | "box",
+                               "backbone_sha256": "...", "meta": {...}}
+                              (a model.json without "center_on" means "object")
     DIR/backbone.safetensors  the backbone's state dict
     DIR/neural_mesh/          the NeuralMesh (``NeuralMesh.save``)
 
@@ -127,6 +129,9 @@ class PoseModel:
         box_fraction: median longer side of the object's box over the image side in
             training; :meth:`prepare` scales photos to match.
         mesh_center, mesh_scale: ``X_model = mesh_scale * (X_file - mesh_center)``.
+        center_on: what the training renders put at the image centre: ``"object"`` (the
+            object's centre) or ``"box"`` (its 2D box's centre); :meth:`crop_box` crops
+            the same way (``BuildConfig.center_on``).
         meta: JSON information (mesh file name and SHA-256, training config, ...).
     """
 
@@ -137,6 +142,7 @@ class PoseModel:
     mesh_center: torch.Tensor
     mesh_scale: float
     meta: dict = field(default_factory=dict)
+    center_on: str = "object"
 
     def __post_init__(self) -> None:
         if self.nmesh.feature_dim != self.backbone.feature_dim:
@@ -144,6 +150,8 @@ class PoseModel:
                              f"{self.backbone.feature_dim}")
         if not (0 < self.box_fraction <= 2):
             raise ValueError(f"box_fraction: expected in (0, 2], got {self.box_fraction}")
+        if self.center_on not in ("object", "box"):
+            raise ValueError(f"center_on: expected 'object' or 'box', got {self.center_on!r}")
         if not (self.mesh_scale > 0 and math.isfinite(self.mesh_scale)):
             raise ValueError(f"mesh_scale: expected > 0, got {self.mesh_scale}")
         object.__setattr__(self, "image_size", tuple(int(x) for x in self.image_size))
@@ -306,8 +314,11 @@ class PoseModel:
         the training renders showed it: the size of :meth:`projected_box`, centred where the
         object's centre (the model frame's origin) projects, which is where the renders put
         the image centre (up to the build's ``center_jitter``). The 2D box's own centre can
-        be several pixels away from it (module docstring)."""
+        be several pixels away from it (module docstring). For a model whose renders
+        centred the 2D box (``center_on="box"``), :meth:`projected_box` itself."""
         x0, y0, x1, y1 = self.projected_box(R, t, K)
+        if self.center_on == "box":
+            return [x0, y0, x1, y1]
         o = project_points(torch.zeros(1, 1, 3, dtype=R.dtype, device=R.device), K.to(R.dtype)[None],
                            R[None], t[None])[0][0, 0]
         hw, hh = (x1 - x0) / 2.0, (y1 - y0) / 2.0
@@ -341,6 +352,7 @@ class PoseModel:
                 "box_fraction": float(self.box_fraction),
                 "mesh_center": [float(x) for x in self.mesh_center],
                 "mesh_scale": float(self.mesh_scale),
+                "center_on": self.center_on,
                 "backbone_sha256": file_sha256(work / BACKBONE_FILE),
                 "meta": json.loads(json.dumps(self.meta)),
             }
@@ -382,6 +394,7 @@ class PoseModel:
             box_fraction = float(info["box_fraction"])
             center = torch.tensor([float(x) for x in info["mesh_center"]], dtype=torch.float64)
             scale = float(info["mesh_scale"])
+            center_on = str(info.get("center_on", "object"))  # absent in models saved before it
             meta = dict(info.get("meta", {}))
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"{info_path}: malformed ({error})") from None
@@ -396,7 +409,8 @@ class PoseModel:
             raise ModelError(f"{weights}: does not fit the backbone config ({' '.join(str(error).split())[:160]})") from None
         nmesh = NeuralMesh.load(directory / MESH_DIR)
         try:
-            model = cls(backbone.to(device), nmesh.to(device), image_size, box_fraction, center, scale, meta)
+            model = cls(backbone.to(device), nmesh.to(device), image_size, box_fraction, center, scale, meta,
+                        center_on)
         except ValueError as error:
             raise ModelError(f"{info_path}: {error}") from None
         return model

@@ -423,3 +423,23 @@ def test_cli_missing_background_folder_exits_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no-such-folder" in lines[0] and "background folder not found" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_center_on_box_puts_the_2d_box_centre_where_object_puts_the_object_centre():
+    # no jitter: "box" centres the object's (amodal) 2D box in the image, "object" the
+    # projection of the mesh frame's origin; the same scene otherwise
+    size = (96, 96)
+    on_box = SyntheticDataset(config(image_size=size, center_jitter=0.0, center_on="box"), seed=4, length=6)
+    on_obj = SyntheticDataset(config(image_size=size, center_jitter=0.0), seed=4, length=6)
+    gaps = []
+    for i in range(6):
+        b, o = on_box[i], on_obj[i]
+        assert torch.equal(b["R"], o["R"]) and torch.equal(b["t"], o["t"]) and b["K"][0, 0] == o["K"][0, 0]
+        x0, y0, x1, y1 = b["bbox"].tolist()
+        assert abs((x0 + x1) / 2 - 47.5) <= 1.0 and abs((y0 + y1) / 2 - 47.5) <= 1.0  # pixel-box rounding
+        assert float(o["K"][0, 2]) == 47.5 and float(o["K"][1, 2]) == 47.5
+        x0, y0, x1, y1 = o["bbox"].tolist()
+        gaps.append(max(abs((x0 + x1) / 2 - 47.5), abs((y0 + y1) / 2 - 47.5)))
+    assert max(gaps) > 1.5  # "object" leaves the box off centre in some views
+    with pytest.raises(ValueError, match="center_on"):
+        config(center_on="middle")

@@ -137,6 +137,25 @@ def test_save_load_round_trip_and_errors(tiny_model, tmp_path):
         PoseModel.load(d)
 
 
+def test_center_on_is_saved_and_sets_the_crop(tiny_model, tmp_path):
+    on_box = replace(tiny_model, center_on="box")
+    on_box.save(tmp_path / "b")
+    assert PoseModel.load(tmp_path / "b").center_on == "box"
+    # a model.json from before the field: the object's centre, as those builds rendered
+    info = json.loads((tmp_path / "b" / "model.json").read_text())
+    del info["center_on"]
+    (tmp_path / "b" / "model.json").write_text(json.dumps(info))
+    assert PoseModel.load(tmp_path / "b").center_on == "object"
+    info["center_on"] = "middle"
+    (tmp_path / "b" / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ModelError, match="center_on"):
+        PoseModel.load(tmp_path / "b")
+    K = intrinsics(150.0, 150.0, 63.5, 60.0)
+    R, t = angles_to_pose(torch.tensor(0.9), torch.tensor(0.6), torch.tensor(0.2), torch.tensor(3.5))
+    assert on_box.crop_box(R, t, K) == on_box.projected_box(R, t, K)
+    assert tiny_model.crop_box(R, t, K) != tiny_model.projected_box(R, t, K)
+
+
 def test_fit_returns_poses_in_photo_pixels(tiny_model):
     torch.manual_seed(1)
     images = [torch.rand(3, 48, 80), torch.rand(3, 64, 64)]
@@ -283,6 +302,13 @@ def test_build_config_validation_and_bad_mesh(tmp_path):
     assert BuildConfig(output_stride=4).train_config(CHAIR).backbone.output_stride == 4
     scene = BuildConfig(distance_range=[3, 4], center_jitter=0.0).train_config(CHAIR).data["config"]
     assert scene["distance_range"] == [3.0, 4.0] and scene["center_jitter"] == 0.0
+    assert scene["center_on"] == "object"
+    with pytest.raises(ValueError, match="BuildConfig.center_on"):
+        BuildConfig(center_on="middle")
+    # "box" reaches the renders and the cache key; the default leaves existing keys alone
+    assert BuildConfig(center_on="box").train_config(CHAIR).data["config"]["center_on"] == "box"
+    assert "center_on" not in BuildConfig().to_dict() and BuildConfig(center_on="box").to_dict()["center_on"] == "box"
+    assert cache_key(CHAIR, BuildConfig(center_on="box")) != cache_key(CHAIR, BuildConfig())
     bad = tmp_path / "bad.obj"
     bad.write_text("this is not a mesh\n")
     from render import MeshError
@@ -336,3 +362,9 @@ def test_finetune_center_jitter_reaches_only_the_finetuning_renders(tmp_path):
     for bad in (-0.1, 0.6, "0.1", True):
         with pytest.raises(ValueError, match="BuildConfig.finetune_center_jitter"):
             BuildConfig(finetune_center_jitter=bad)
+
+
+def test_a_box_centred_build_makes_a_box_centred_model(tmp_path):
+    model = build_model(CHAIR, replace(TINY, center_on="box"), cache_dir=tmp_path / "cache", progress=False)
+    assert model.center_on == "box" and model.meta["build_config"]["center_on"] == "box"
+    assert PoseModel.load(model_cache_path(CHAIR, replace(TINY, center_on="box"), tmp_path / "cache")).center_on == "box"
