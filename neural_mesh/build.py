@@ -82,7 +82,8 @@ class BuildConfig:
         center_on: what the renders put at that (jittered) centre: ``"object"`` (the
             object's centre; default) or ``"box"`` (its 2D box's centre, as a crop around
             a given box does: :attr:`datasets.synthetic.SyntheticConfig.center_on`). The
-            model's crops follow the same rule (:meth:`PoseModel.crop_box`).
+            model's crops follow the same rule (:meth:`PoseModel.crop_box`). Measured no
+            better than ``"object"`` even with given boxes (docs/pose_results.md).
         occlusion: ``(low, high)`` hidden fraction of the object under random occluders
             in the training renders (``(0, 0)``: none); vertices under an occluder are
             left out of the loss, so features learn to ignore what covers the object.
