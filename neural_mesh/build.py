@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from render.checks import check_int_fields
+
 from .backbones import OUTPUT_STRIDES, PRESETS
 from .model import MODEL_VERSION, PoseModel, box_fraction_of
 from .neural_mesh import ModelError, file_sha256
@@ -128,10 +130,9 @@ class BuildConfig:
     FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr", "finetune_center_jitter")
 
     def __post_init__(self) -> None:
-        for name, low in (("steps", 1), ("image_size", 32), ("batch_size", 2), ("num_verts", 8), ("finetune_steps", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"BuildConfig.{name}: expected an int >= {low}, got {value!r}")
+        check_int_fields("BuildConfig", self, (
+            ("steps", 1), ("image_size", 32), ("batch_size", 2), ("num_verts", 8), ("finetune_steps", 0),
+        ))
         if self.backbone not in PRESETS:
             raise ValueError(f"BuildConfig.backbone: expected one of {sorted(PRESETS)}, got {self.backbone!r}")
         if self.output_stride not in OUTPUT_STRIDES or isinstance(self.output_stride, bool):

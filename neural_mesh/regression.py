@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from render import angles_to_pose
-from render.checks import check_finite, check_floating, check_shape
+from render.checks import check_finite, check_floating, check_int_fields, check_number_fields, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
 from .neural_mesh import ModelError, atomic_directory, file_sha256
@@ -176,23 +176,13 @@ class RegressionConfig:
                 "RegressionConfig.backbone: expected a BackboneConfig or a dict, "
                 f"got {type(self.backbone).__name__}"
             )
-        for name, low in (("num_bins", 2), ("hidden", 1), ("batch_size", 1), ("steps", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"RegressionConfig.{name}: expected an int >= {low}, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"RegressionConfig.seed: expected an int >= 0, got {self.seed!r}")
-        checks = {
+        check_int_fields("RegressionConfig", self,
+                         (("num_bins", 2), ("hidden", 1), ("batch_size", 1), ("steps", 0), ("seed", 0)))
+        check_number_fields("RegressionConfig", self, {
             "lr": (lambda x: x > 0, "> 0"),
             "weight_decay": (lambda x: x >= 0, ">= 0"),
             "offset_weight": (lambda x: x >= 0, ">= 0"),
-        }
-        for name, (ok, words) in checks.items():
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (number and math.isfinite(value) and ok(value)):
-                raise ValueError(f"RegressionConfig.{name}: expected a number {words}, got {value!r}")
-            object.__setattr__(self, name, float(value))
+        })
 
     @property
     def bin_width(self) -> float:

@@ -129,7 +129,7 @@ import torch
 import torch.nn.functional as F
 
 from render import Mesh, rasterize
-from render.checks import check_shape
+from render.checks import check_int_fields, check_number_fields, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
 from .neural_mesh import ModelError, NeuralMesh, file_sha256
@@ -722,16 +722,13 @@ class TrainConfig:
         except (TypeError, ValueError) as error:
             raise ValueError(f"TrainConfig.data: expected JSON values ({error})") from None
         object.__setattr__(self, "data", data)
-        for name, low in (
+        check_int_fields("TrainConfig", self, (
             ("steps", 0), ("batch_size", 1), ("num_verts", 8), ("clutter_size", 1),
             ("num_background", 0), ("checkpoint_every", 1), ("keep_checkpoints", 1),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"TrainConfig.{name}: expected an int >= {low}, got {value!r}")
+        ))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f"TrainConfig.seed: expected an int, got {self.seed!r}")
-        checks = {
+        check_number_fields("TrainConfig", self, {
             "lr": (lambda x: x > 0, "> 0"),
             "weight_decay": (lambda x: x >= 0, ">= 0"),
             "momentum": (lambda x: 0 <= x < 1, "in [0, 1)"),
@@ -739,13 +736,7 @@ class TrainConfig:
             "clutter_weight": (lambda x: x >= 0, ">= 0"),
             "regularizer_weight": (lambda x: x >= 0, ">= 0"),
             "neighbor_radius": (lambda x: x >= 0, ">= 0"),
-        }
-        for name, (ok, words) in checks.items():
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (number and math.isfinite(value) and ok(value)):
-                raise ValueError(f"TrainConfig.{name}: expected a number {words}, got {value!r}")
-            object.__setattr__(self, name, float(value))
+        })
         r3 = self.neighbor_radius_3d
         if r3 is not None:
             if isinstance(r3, bool) or not isinstance(r3, (int, float)) or not (math.isfinite(r3) and r3 >= 0):

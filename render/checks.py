@@ -8,11 +8,15 @@ can turn them into one-line errors.
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-__all__ = ["check_shape", "check_floating", "check_finite", "check_image_size", "check_mesh", "check_intrinsics"]
+__all__ = [
+    "check_shape", "check_floating", "check_finite", "check_image_size", "check_mesh", "check_intrinsics",
+    "check_int_fields", "check_number_fields",
+]
 
 
 def check_shape(name: str, x: torch.Tensor, dims: Sequence[str | int]) -> dict[str, int]:
@@ -114,3 +118,27 @@ def check_intrinsics(K: torch.Tensor, batch: int, like: torch.Tensor) -> torch.T
     if bool((K[:, 0, 0] <= 0).any()) or bool((K[:, 1, 1] <= 0).any()):
         raise ValueError("K: expected positive focal lengths fx, fy")
     return K
+
+
+def check_int_fields(owner: str, config: Any, lows: Iterable[tuple[str, int]]) -> None:
+    """Check each field ``name`` of a config object is an int (not a bool) ``>= low``.
+
+    ``owner`` names the config in the message, e.g.
+    ``TrainConfig.steps: expected an int >= 0, got -1``.
+    """
+    for name, low in lows:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{owner}.{name}: expected an int >= {low}, got {value!r}")
+
+
+def check_number_fields(owner: str, config: Any, rules: Mapping[str, tuple[Callable[[float], bool], str]]) -> None:
+    """Check each field ``name`` of a frozen dataclass is a finite number (not a bool)
+    with ``ok(value)``, given as ``rules[name] = (ok, words)`` with ``words`` saying what
+    ``ok`` wants (``"> 0"``); store it back as a float."""
+    for name, (ok, words) in rules.items():
+        value = getattr(config, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and ok(value)):
+            raise ValueError(f"{owner}.{name}: expected a number {words}, got {value!r}")
+        object.__setattr__(config, name, float(value))

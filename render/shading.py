@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .checks import check_floating, check_image_size, check_intrinsics, check_mesh, check_shape
 from .interpolate import interpolate
-from .rasterize import DEFAULT_MAX_CANDIDATES, Fragments, rasterize
+from .rasterize import DEFAULT_MAX_CANDIDATES, Fragments, _chunks, rasterize
 
 __all__ = [
     "DEFAULT_ALBEDO",
@@ -608,23 +608,6 @@ def soft_silhouette(
             part = _chunk_log_sum(table, fid, lxf, lyf, pix, npix, inv_sigma)
         total = total + part
     return (-torch.expm1(total)).view(bsz, h, w)
-
-
-def _chunks(sizes: torch.Tensor, budget: int) -> list[tuple[int, int]]:
-    """Split consecutive items into ranges whose ``sizes`` sum to at most ``budget``.
-
-    An item larger than the budget forms a range of its own.
-    """
-    if sizes.numel() == 0:
-        return []
-    ends = torch.cumsum(sizes, 0)
-    out, start = [], 0
-    while start < sizes.numel():
-        offset = int(ends[start - 1]) if start > 0 else 0
-        stop = max(int(torch.searchsorted(ends, offset + budget, right=True)), start + 1)
-        out.append((start, stop))
-        start = stop
-    return out
 
 
 def soft_silhouette_reference(
