@@ -22,10 +22,12 @@ mesh file's content and the build settings, so later runs start at once.
 (fewer steps or smaller renders: faster to build, worse poses), and
 ``--build-finetune-steps``, ``--build-finetune-occlusion``, ``--build-finetune-lr`` and
 ``--build-finetune-center-jitter`` add a fine-tuning stage (:class:`neural_mesh.build.BuildConfig`). The most accurate build
-measured so far is ``--build-steps 24000 --build-occlusion 0 0.5 --build-finetune-steps
-4000 --build-finetune-occlusion 0.2 0.7 --build-finetune-lr 3e-5`` (occluders hiding up to
-half of the object in the training renders, then 20-70% of it while fine-tuning; 1 h 20 min
-to 2 h 40 min on 2 CPU cores, once): see the README's status section for its accuracy.
+measured so far on images another renderer drew is ``--build-steps 24000 --build-occlusion 0 0.5
+--build-finetune-steps 4000 --build-finetune-occlusion 0.2 0.7 --build-finetune-lr 3e-5``
+(occluders hiding up to half of the object in the training renders, then 20-70% of it
+while fine-tuning; 1 h 20 min to 2 h 40 min on 2 CPU cores, once); ``--build-steps 24000
+--build-occlusion 0.2 0.7`` does better on our own renders and worse on another
+renderer's: see the README's status section for their accuracy.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
 pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
