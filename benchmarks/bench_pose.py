@@ -37,7 +37,8 @@ much the features depend on where the crop puts the object.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
         [--center-jitter 0.04] [--center-on object|box]
-        [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]]
+        [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
+        [--finetune-lighting full]] [--lighting full]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast] [--crop-shifts PX ...]
         [--device cuda] [--json FILE]
@@ -361,6 +362,12 @@ def main(argv=None) -> int:
                    help="spread of the object's image position in the fine-tuning renders, as a fraction of the "
                         "image size (BuildConfig.finetune_center_jitter; default: the first stage's, "
                         f"{BuildConfig.center_jitter:g})")
+    p.add_argument("--lighting", choices=("lambert", "full"), default=BuildConfig.lighting,
+                   help="how the training renders are lit: Lambert only, or also highlights, self- and floor "
+                        "shadows and a light-term gamma (BuildConfig.lighting)")
+    p.add_argument("--finetune-lighting", choices=("lambert", "full"),
+                   help="lighting of the fine-tuning renders (BuildConfig.finetune_lighting; default: the "
+                        "first stage's)")
     p.add_argument("--n", type=int, default=40, help="test images per level")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=8)
@@ -413,7 +420,8 @@ def main(argv=None) -> int:
         build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), center_jitter=args.center_jitter,
                             center_on=args.center_on, finetune_steps=args.finetune_steps,
                             finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
-                            finetune_center_jitter=args.finetune_center_jitter)
+                            finetune_center_jitter=args.finetune_center_jitter, lighting=args.lighting,
+                            finetune_lighting=args.finetune_lighting)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -433,7 +441,8 @@ def main(argv=None) -> int:
                          "center_jitter": build.center_jitter, "center_on": build.center_on,
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
                          "finetune_lr": build.finetune_lr,
-                         "finetune_center_jitter": build.finetune_center_jitter, "n": args.n,
+                         "finetune_center_jitter": build.finetune_center_jitter,
+                         "lighting": build.lighting, "finetune_lighting": build.finetune_lighting, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
                          "device": str(device), "levels": {}}
@@ -475,11 +484,15 @@ def main(argv=None) -> int:
         occluders += f"{',' if occluders else ''} centre jitter {build.center_jitter:g}"
     if build.center_on != "object":
         occluders += f"{',' if occluders else ''} renders centred on the 2D box"
+    if build.lighting != "lambert":
+        occluders += f"{',' if occluders else ''} {build.lighting} lighting"
     if build.finetune_steps:
         low, high = build.finetune_occlusion
         occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"
         if build.finetune_center_jitter is not None:
             occluders += f" with centre jitter {build.finetune_center_jitter:g}"
+        if build.finetune_lighting is not None:
+            occluders += f" and {build.finetune_lighting} lighting"
     changed = ", ".join(f"{k}={v}" for k, v in fit_changes(fit_config).items() if k not in ("loss", "polish"))
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
           f"{steps} training steps{occluders}, {args.loss} loss{', ' + changed if changed else ''}, {where}"

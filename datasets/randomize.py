@@ -51,6 +51,7 @@ from PIL import Image
 from render import (
     DirectionalLight,
     Fragments,
+    ShadowMap,
     angles_to_pose,
     interpolate,
     intrinsics,
@@ -78,6 +79,11 @@ __all__ = [
     "apply_appearance",
     "sample_light",
     "apply_lighting",
+    "ShadingParams",
+    "sample_shading",
+    "apply_shading",
+    "floor_shadow",
+    "shadow_maps",
     "sample_photometric",
     "apply_photometric",
     "sample_occluder",
@@ -623,6 +629,185 @@ def apply_lighting(
     term = torch.where(back_pix, both[..., 1], both[..., 0]).unsqueeze(-1)
     colour = torch.tensor(light.color, dtype=torch.float32)
     return (albedo.to(torch.float32) * term * colour).clamp(0.0, 1.0).permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class ShadingParams:
+    """Lighting effects beyond :func:`apply_lighting`'s Lambert term (see :func:`apply_shading`).
+
+    Photos and other renderers show highlights, shadows the object casts on itself and
+    on the ground, and a camera response that is not linear; a model trained only on
+    Lambert-shaded renders meets those for the first time at test time.
+
+    Attributes:
+        specular: strength of Blinn-Phong highlights (0: none), in the light's colour.
+        shininess: Blinn-Phong exponent (larger: smaller, sharper highlights).
+        gamma: exponent on the light term (1: linear; < 1 lifts the shaded side, as a
+            camera's gamma curve does to linear radiance).
+        self_shadow: parts of the object shadow other parts (a shadow map of the mesh).
+        floor_shadow: darkening of the background where the object's shadow falls on a
+            floor through its lowest point (+y up in the object frame); 0: no floor.
+    """
+
+    specular: float = 0.0
+    shininess: float = 20.0
+    gamma: float = 1.0
+    self_shadow: bool = False
+    floor_shadow: float = 0.0
+
+    def __post_init__(self):
+        for name, lo, hi in (("specular", 0.0, 1.0), ("gamma", 0.1, 10.0), ("floor_shadow", 0.0, 1.0)):
+            value = float(getattr(self, name))
+            if not lo <= value <= hi:
+                raise ValueError(f"ShadingParams.{name}: expected a value in [{lo:g}, {hi:g}], got {value}")
+        if not float(self.shininess) >= 1.0:
+            raise ValueError(f"ShadingParams.shininess: expected >= 1, got {self.shininess}")
+
+
+def sample_shading(generator: torch.Generator) -> ShadingParams:
+    """Draw :class:`ShadingParams`: highlights of strength 0-0.5 (exponent 5-60), a light
+    term gamma of 0.45-1, self-shadows in 80% of draws and a floor shadow (darkening
+    0.3-0.75) in 60%."""
+    _check_generator(generator)
+    g = generator
+    specular = _uniform(g, 0.0, 0.5)
+    shininess = _uniform(g, 5.0, 60.0)
+    gamma = _uniform(g, 0.45, 1.0)
+    self_shadow = _uniform(g, 0.0, 1.0) < 0.8
+    floor = _uniform(g, 0.0, 1.0) < 0.6
+    strength = _uniform(g, 0.3, 0.75)
+    return ShadingParams(specular=round(specular, 6), shininess=round(shininess, 6), gamma=round(gamma, 6),
+                         self_shadow=self_shadow, floor_shadow=round(strength, 6) if floor else 0.0)
+
+
+def _shadow_bias(texel: float, cos: torch.Tensor) -> torch.Tensor:
+    """Slope-scaled depth slack of :meth:`render.ShadowMap.lit`: one and a half texels,
+    plus two per unit of the surface's slope to the light."""
+    c = cos.abs().clamp(0.1, 1.0)
+    return texel * (1.5 + 2.0 * ((1 - c * c).sqrt() / c).clamp_max(5.0))
+
+
+def shadow_maps(light: DirectionalLight, shading: ShadingParams | None, verts_cam: torch.Tensor,
+                faces: torch.Tensor, resolution: int = 128) -> list[ShadowMap] | None:
+    """One :class:`render.ShadowMap` per image of ``(B, V, 3)`` camera-frame vertices,
+    to share between :func:`apply_shading` and :func:`floor_shadow`; ``None`` when
+    ``shading`` casts no shadows."""
+    if shading is None or not (shading.self_shadow or shading.floor_shadow > 0):
+        return None
+    verts_cam = verts_cam.to(torch.float32)
+    return [ShadowMap.of(v, faces, light.unit_direction(), resolution) for v in verts_cam]
+
+
+def apply_shading(
+    light: DirectionalLight,
+    shading: ShadingParams,
+    fragments: Fragments,
+    faces: torch.Tensor,
+    verts_cam: torch.Tensor,
+    albedo: torch.Tensor,
+    shadows: Sequence[ShadowMap] | None = None,
+) -> torch.Tensor:
+    """Per-pixel shading with :class:`ShadingParams`' effects (the richer alternative
+    to :func:`apply_lighting`).
+
+    With the pixel's interpolated unit normal ``n`` (two-sided, facing the camera),
+    ``l = -light direction``, the half vector ``h`` of ``l`` and the view direction, and
+    ``s`` in [0, 1] how lit the pixel's surface point is (1 without ``self_shadow``;
+    else by the mesh's :class:`render.ShadowMap`):
+    ``rgb = clamp((albedo * (ambient + diffuse * s * max(0, n . l)) ** gamma
+    + specular * s * max(0, n . h) ** shininess) * color, 0, 1)``.
+
+    Args:
+        light, shading: the light (camera frame) and the effects.
+        fragments, faces: the rasterization and its topology.
+        verts_cam: ``(B, V, 3)`` camera-frame vertices that were rasterized.
+        albedo: ``(B, H, W, 3)`` from :func:`apply_appearance`.
+        shadows: per image, the mesh's shadow map (:func:`shadow_maps`; built here when
+            needed and not given).
+
+    Returns:
+        ``(B, 3, H, W)`` float32 RGB in [0, 1], black on background.
+    """
+    verts_cam = verts_cam.to(torch.float32)
+    to_light = -torch.tensor(light.unit_direction(), dtype=torch.float32)
+    normals = F.normalize(interpolate(fragments, faces, vertex_normals(verts_cam, faces)), dim=-1)
+    points = interpolate(fragments, faces, verts_cam)  # (B, H, W, 3) camera frame
+    view = F.normalize(-points, dim=-1)
+    facing = (normals * view).sum(-1, keepdim=True)
+    normals = torch.where(facing < 0, -normals, normals)  # two-sided: the side the camera sees
+    cos = normals @ to_light
+    lit = torch.ones_like(cos)
+    mask = fragments.pix_to_face[..., 0] >= 0
+    if shading.self_shadow:
+        if shadows is None:
+            shadows = shadow_maps(light, shading, verts_cam, faces)
+        for b, smap in enumerate(shadows):
+            sel = mask[b]
+            if bool(sel.any()):
+                lit[b][sel] = smap.lit(points[b][sel], _shadow_bias(smap.texel, cos[b][sel]))
+    term = (light.ambient + light.diffuse * lit * cos.clamp_min(0.0)).clamp_min(0.0) ** shading.gamma
+    half = F.normalize(to_light + view, dim=-1)
+    spec = shading.specular * lit * (normals * half).sum(-1).clamp_min(0.0) ** shading.shininess
+    colour = torch.tensor(light.color, dtype=torch.float32)
+    rgb = (albedo.to(torch.float32) * term.unsqueeze(-1) + spec.unsqueeze(-1)) * colour
+    rgb = torch.where(mask.unsqueeze(-1), rgb, torch.zeros((), dtype=rgb.dtype))
+    return rgb.clamp(0.0, 1.0).permute(0, 3, 1, 2)
+
+
+def floor_shadow(
+    light: DirectionalLight,
+    shading: ShadingParams,
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    K: torch.Tensor,
+    R: torch.Tensor,
+    t: torch.Tensor,
+    image_size: tuple[int, int],
+    shadow: ShadowMap | None = None,
+) -> torch.Tensor:
+    """The factor by which the object's shadow on a floor darkens the background.
+
+    The floor is the plane through the object's lowest point, normal to its +y axis
+    (object frame). Every pixel whose ray meets that plane in front of the camera (the
+    camera above it) gets the point where it does, tested against a shadow map of the
+    mesh; ``factor = 1 - floor_shadow * (1 - lit)``. Multiply the background by it.
+
+    Args:
+        light, shading: the light (camera frame) and the effects.
+        verts: ``(V, 3)`` object-frame vertices; ``faces`` ``(F, 3)``.
+        K, R, t: the camera (``X_cam = R @ X + t``).
+        image_size: ``(H, W)``.
+        shadow: the mesh's shadow map in the camera frame (:func:`shadow_maps`; built
+            here when not given).
+
+    Returns:
+        ``(H, W)`` float32 in [0, 1] (all ones when ``floor_shadow`` is 0 or the camera
+        is below the floor).
+    """
+    h, w = check_image_size(image_size)
+    ones = torch.ones(h, w, dtype=torch.float32)
+    if shading.floor_shadow == 0.0:
+        return ones
+    verts = verts.to(torch.float32)
+    R, t, K = R.to(torch.float32), t.to(torch.float32), K.to(torch.float32)
+    normal = R[:, 1]  # the object's up axis, camera frame
+    anchor = R[:, 1] * float(verts[:, 1].min()) + t  # a point of the floor, camera frame
+    offset = float(normal @ anchor)  # the floor: n . X = offset; the camera (origin) above it when offset < 0
+    if offset >= 0:
+        return ones
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(K).T  # (H, W, 3), z = 1
+    along = rays @ normal
+    hits = along < -1e-6  # rays going down to the floor
+    if not bool(hits.any()):
+        return ones
+    points = rays[hits] * (offset / along[hits]).unsqueeze(-1)
+    if shadow is None:
+        shadow = ShadowMap.of(verts @ R.T + t, faces, light.unit_direction())
+    lit = shadow.lit(points, 1.5 * shadow.texel)
+    out = ones.clone()
+    out[hits] = 1.0 - shading.floor_shadow * (1.0 - lit)
+    return out
 
 
 # --------------------------------------------------------------------------- photometric

@@ -137,6 +137,10 @@ VIEW_CHANNELS = ("silhouette", "depth", "nx", "ny", "nz")
 #: Elevation (radians) and distance of the canonical views.
 VIEW_ELEVATION = math.radians(30.0)
 VIEW_DISTANCE = 3.0
+#: :attr:`SyntheticConfig.lighting` choices.
+LIGHTINGS = ("lambert", "full")
+#: salt of the seed of :attr:`SceneParams.shading`'s own random stream
+_SHADING_STREAM = 0x5AD1
 
 _MASK64 = (1 << 64) - 1
 
@@ -190,6 +194,12 @@ class SyntheticConfig:
         photo_probability: chance of a photo background when ``background_dir`` is set.
         mesh_color_probability: chance to keep the mesh's own vertex colours.
         photometric: apply brightness / contrast / saturation / noise jitter.
+        lighting: ``"lambert"`` (Lambert shading, Gouraud style:
+            :func:`datasets.randomize.apply_lighting`; default) or ``"full"`` (also
+            highlights, self-shadows, a shadow on the floor and a light-term gamma, drawn
+            per image: :func:`datasets.randomize.sample_shading`; slower to render). The
+            effects come from a random stream of their own: every other choice of a sample
+            (pose, colours, occluders...) is the same under both.
         points: number of surface points in ``points`` (0: key absent).
         vertex_projections: add ``vertex_uv`` and ``vertex_visible``.
         neural_mesh_verts: vertex target of the neural-mesh surface.
@@ -221,6 +231,7 @@ class SyntheticConfig:
     photo_probability: float = 0.5
     mesh_color_probability: float = 0.2
     photometric: bool = True
+    lighting: str = "lambert"
     points: int = 0
     vertex_projections: bool = False
     neural_mesh_verts: int = 1000
@@ -289,6 +300,8 @@ class SyntheticConfig:
             if int(getattr(self, name)) < low:
                 raise ValueError(f"SyntheticConfig.{name}: expected >= {low}, got {getattr(self, name)}")
             put(name, int(getattr(self, name)))
+        if self.lighting not in LIGHTINGS:
+            raise ValueError(f"SyntheticConfig.lighting: expected one of {LIGHTINGS}, got {self.lighting!r}")
         if self.neural_mesh_kind not in ("cuboid", "remesh"):
             raise ValueError(f"SyntheticConfig.neural_mesh_kind: expected 'cuboid' or 'remesh', got {self.neural_mesh_kind!r}")
         if not float(self.visibility_tolerance) >= 0:
@@ -329,8 +342,9 @@ class SceneParams:
         azimuth, elevation, theta, distance: the viewpoint (radians; object units).
         focal: focal length, pixels.
         principal_point: ``(cx, cy)``, pixels.
-        appearance, light, background, photometric: see :mod:`datasets.randomize`
-            (``photometric`` None when disabled).
+        appearance, light, background, photometric, shading: see
+            :mod:`datasets.randomize` (``photometric`` None when disabled, ``shading``
+            None under Lambert lighting).
         occluders: the occluders, in paste order.
     """
 
@@ -348,6 +362,7 @@ class SceneParams:
     background: rz.BackgroundParams
     photometric: rz.PhotometricParams | None
     occluders: tuple = ()
+    shading: rz.ShadingParams | None = None
 
 
 def index_generator(seed: int, index: int) -> torch.Generator:
@@ -611,10 +626,12 @@ class SyntheticDataset(torch.utils.data.Dataset):
         light = rz.sample_light(g)
         background = rz.sample_background(g, (h, w), photos=self.photos, photo_probability=cfg.photo_probability)
         photometric = rz.sample_photometric(g) if cfg.photometric else None
+        # from a stream of its own, so that "full" lighting leaves every other choice as it is
+        shading = rz.sample_shading(index_generator(self.seed ^ _SHADING_STREAM, index)) if cfg.lighting == "full" else None
         return SceneParams(
             index=index, category=category, mesh_key=mesh_key, azimuth=azimuth, elevation=elevation,
             theta=theta, distance=distance, focal=focal, principal_point=(cx, cy), appearance=appearance,
-            light=light, background=background, photometric=photometric,
+            light=light, background=background, photometric=photometric, shading=shading,
         )
 
     def camera(self, scene: SceneParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -672,8 +689,15 @@ class SyntheticDataset(torch.utils.data.Dataset):
         mesh = shape.mesh
         mask = frags.mask[0]
         albedo = rz.apply_appearance(scene.appearance, frags, mesh.faces, mesh.verts, shape.part_ids, mesh.vertex_colors)
-        rgb = rz.apply_lighting(scene.light, frags, mesh.faces, verts_cam, albedo)[0]
-        image = torch.where(mask, rgb, rz.apply_background(scene.background, cfg.image_size))
+        background = rz.apply_background(scene.background, cfg.image_size)
+        if scene.shading is None:
+            rgb = rz.apply_lighting(scene.light, frags, mesh.faces, verts_cam, albedo)[0]
+        else:
+            shadows = rz.shadow_maps(scene.light, scene.shading, verts_cam, mesh.faces)
+            rgb = rz.apply_shading(scene.light, scene.shading, frags, mesh.faces, verts_cam, albedo, shadows)[0]
+            background = background * rz.floor_shadow(scene.light, scene.shading, mesh.verts, mesh.faces, K, R, t,
+                                                      cfg.image_size, shadows[0] if shadows else None)
+        image = torch.where(mask, rgb, background)
         occlusion = 0.0
         occ_mask = torch.zeros_like(mask)
         if scene.occluders:

@@ -176,6 +176,10 @@ def parser() -> argparse.ArgumentParser:
                      help="hidden fraction of the object under occluders in the training renders when building "
                           "a model (default 0 0: none; the README's status section names the most accurate "
                           "build measured)")
+    adv.add_argument("--build-lighting", choices=("lambert", "full"),
+                     help="how the training renders are lit when building a model: Lambert shading only "
+                          "(default), or also highlights, self- and floor shadows and a gamma on the light term "
+                          "(nearer to photos; slower renders)")
     adv.add_argument("--build-finetune-steps", type=non_negative_int, metavar="N",
                      help="then fine-tune the built model for N more steps on renders with "
                           "--build-finetune-occlusion (default 0: no such stage)")
@@ -187,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     adv.add_argument("--build-finetune-center-jitter", type=_number, metavar="J",
                      help="spread of the object's image position in the fine-tuning renders, as a fraction of "
                           f"the image size (default: the first stage's, {BuildConfig.center_jitter:g})")
+    adv.add_argument("--build-finetune-lighting", choices=("lambert", "full"),
+                     help="lighting of the fine-tuning renders (default: the first stage's)")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--resume", action="store_true",
@@ -294,7 +300,8 @@ def gather(args: argparse.Namespace) -> Job:
             if getattr(args, name) is not None:
                 raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
     if not args.build_finetune_steps:
-        for flag in ("build_finetune_occlusion", "build_finetune_lr", "build_finetune_center_jitter"):
+        for flag in ("build_finetune_occlusion", "build_finetune_lr", "build_finetune_center_jitter",
+                     "build_finetune_lighting"):
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')}: only with --build-finetune-steps N (N > 0)")
     if args.K is not None:
@@ -332,6 +339,8 @@ BUILD_FLAGS = {
     "build_finetune_occlusion": "finetune_occlusion",
     "build_finetune_lr": "finetune_lr",
     "build_finetune_center_jitter": "finetune_center_jitter",
+    "build_lighting": "lighting",
+    "build_finetune_lighting": "finetune_lighting",
 }
 
 

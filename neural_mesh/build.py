@@ -89,6 +89,11 @@ class BuildConfig:
         occlusion: ``(low, high)`` hidden fraction of the object under random occluders
             in the training renders (``(0, 0)``: none); vertices under an occluder are
             left out of the loss, so features learn to ignore what covers the object.
+        lighting: how the training renders are lit
+            (:attr:`datasets.synthetic.SyntheticConfig.lighting`): ``"lambert"``
+            (default) or ``"full"`` (also highlights, self-shadows, floor shadows and a
+            gamma on the light term, nearer to other renderers and photos; about 1.5x
+            the rendering time).
         seed: seed of the weights, the banks and the renders.
         finetune_steps: after the build above (cached as a model of its own), go on
             training its backbone and neural mesh for this many steps on new renders (0:
@@ -100,11 +105,13 @@ class BuildConfig:
         finetune_center_jitter: ``center_jitter`` of the fine-tuning renders (``None``:
             the first stage's); a wider spread teaches features that hold wherever the
             object lands in the crop.
+        finetune_lighting: ``lighting`` of the fine-tuning renders (``None``: the first
+            stage's).
 
     The fine-tuning fields enter :meth:`to_dict` (and the cache key) only when
-    ``finetune_steps > 0``, ``finetune_center_jitter`` only when it is set and
-    ``center_on`` only when it is ``"box"``, so the keys of builds without them do not
-    change.
+    ``finetune_steps > 0``, ``finetune_center_jitter`` and ``finetune_lighting`` only
+    when they are set, ``center_on`` only when it is ``"box"`` and ``lighting`` only
+    when it is ``"full"``, so the keys of builds without them do not change.
     """
 
     steps: int = 1000
@@ -120,14 +127,17 @@ class BuildConfig:
     center_jitter: float = 0.04
     center_on: str = "object"
     occlusion: tuple[float, float] = (0.0, 0.0)
+    lighting: str = "lambert"
     seed: int = 0
     finetune_steps: int = 0
     finetune_occlusion: tuple[float, float] = (0.0, 0.0)
     finetune_lr: float = 1e-4
     finetune_center_jitter: float | None = None
+    finetune_lighting: str | None = None
 
     #: the fields of the fine-tuning stage (not part of the first stage's build)
-    FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr", "finetune_center_jitter")
+    FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr", "finetune_center_jitter",
+                       "finetune_lighting")
 
     def __post_init__(self) -> None:
         check_int_fields("BuildConfig", self, (
@@ -146,6 +156,12 @@ class BuildConfig:
                 raise ValueError(f"BuildConfig.{name}: expected a number > 0, got {value!r}")
         if self.center_on not in ("object", "box"):
             raise ValueError(f"BuildConfig.center_on: expected 'object' or 'box', got {self.center_on!r}")
+        from datasets.synthetic import LIGHTINGS
+
+        for name in ("lighting", "finetune_lighting"):
+            value = getattr(self, name)
+            if not (value in LIGHTINGS or (value is None and name == "finetune_lighting")):
+                raise ValueError(f"BuildConfig.{name}: expected one of {list(LIGHTINGS)}, got {value!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"BuildConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
@@ -172,10 +188,14 @@ class BuildConfig:
         if not self.finetune_steps:
             for name in self.FINETUNE_FIELDS:
                 del data[name]
-        elif self.finetune_center_jitter is None:
-            del data["finetune_center_jitter"]
+        else:
+            for name in ("finetune_center_jitter", "finetune_lighting"):
+                if data[name] is None:
+                    del data[name]
         if self.center_on == "object":
             del data["center_on"]
+        if self.lighting == "lambert":
+            del data["lighting"]
         return data
 
     def first_stage(self) -> BuildConfig:
@@ -193,12 +213,14 @@ class BuildConfig:
         jitter = self.center_jitter
         if tune and self.finetune_center_jitter is not None:
             jitter = self.finetune_center_jitter
+        lighting = self.finetune_lighting if tune and self.finetune_lighting is not None else self.lighting
         return TrainConfig(
             backbone=dataclasses.replace(PRESETS[self.backbone], output_stride=self.output_stride),
             data=synthetic_data(size, mesh=mesh_path, seed=self.seed + 1 if tune else self.seed,
                                 scene={"distance_range": self.distance_range,
                                        "center_jitter": jitter,
                                        "center_on": self.center_on,
+                                       "lighting": lighting,
                                        "occlusion": self.finetune_occlusion if tune else self.occlusion}),
             steps=steps,
             batch_size=self.batch_size,

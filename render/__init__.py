@@ -54,6 +54,8 @@ from .mesh import (
 from .rasterize import Fragments, rasterize, rasterize_reference
 from .shading import (
     DirectionalLight,
+    ShadowMap,
+    directional_shadow,
     face_normals,
     render_rgb,
     sample_texture,
@@ -109,4 +111,6 @@ __all__ = [
     "render_rgb",
     "soft_silhouette",
     "soft_silhouette_reference",
+    "directional_shadow",
+    "ShadowMap",
 ]

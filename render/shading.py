@@ -10,6 +10,8 @@ pixels, pixel (row i, column j) has its centre at ``(u, v) = (j, i)``, images ar
 * :class:`DirectionalLight` and :func:`shade` — Lambertian shading of
   :class:`~render.rasterize.Fragments` with vertex colours, a UV texture or a constant grey
   albedo, smooth two-sided normals; :func:`render_rgb` rasterizes and shades in one call.
+* :class:`ShadowMap` and :func:`directional_shadow` — how lit points are under a
+  directional light (a shadow map of the mesh, softened by percentage-closer filtering).
 * :func:`sample_texture` — bilinear texture lookup with OBJ texture coordinates.
 * :func:`soft_silhouette` — a SoftRas-style soft silhouette, differentiable w.r.t. the
   vertex positions, evaluated only near each face (vectorized, chunked);
@@ -40,6 +42,8 @@ __all__ = [
     "render_rgb",
     "soft_silhouette",
     "soft_silhouette_reference",
+    "directional_shadow",
+    "ShadowMap",
 ]
 
 #: Grey albedo used by :func:`shade` when neither vertex colours nor a texture are given.
@@ -430,6 +434,128 @@ def render_rgb(
     mask = fragments.mask
     depth = torch.where(mask, fragments.zbuf[..., 0], torch.zeros((), dtype=verts_cam.dtype, device=verts_cam.device))
     return {"image": image, "mask": mask, "depth": depth, "normals": normals}
+
+
+# --------------------------------------------------------------------------- shadows
+
+
+@dataclass(frozen=True)
+class ShadowMap:
+    """A shadow map of a mesh under a directional light (build it with :meth:`of`).
+
+    The mesh is rasterized by a distant camera looking along the light's travel
+    direction (nearly orthographic: 50 bounding-sphere radii away, the sphere filling its
+    square image); :meth:`lit` then says how lit any points are. One map serves any
+    number of queries (the object's own pixels, the floor under it, ...).
+
+    Attributes:
+        depth: ``(S, S)`` depth of the mesh along the light (``inf`` where it is absent).
+        rotation: ``(3, 3)`` rows: the light camera's x, y and z (= travel direction).
+        eye: ``(3,)`` the light camera's centre.
+        focal: its focal length, pixels (principal point at the image centre).
+        texel: the side of one map pixel at the mesh, in the vertices' units.
+    """
+
+    depth: torch.Tensor
+    rotation: torch.Tensor
+    eye: torch.Tensor
+    focal: float
+    texel: float
+
+    @classmethod
+    def of(cls, verts: torch.Tensor, faces: torch.Tensor, direction, resolution: int = 128) -> ShadowMap:
+        """The map of ``(V, 3)`` vertices and ``(F, 3)`` faces under a light travelling
+        along ``direction`` (``(3,)``, any length > 0, the vertices' frame)."""
+        check_mesh("verts", verts[None], faces)
+        if int(resolution) < 8:
+            raise ValueError(f"resolution: expected >= 8, got {resolution}")
+        res = int(resolution)
+        dtype, device = verts.dtype, verts.device
+        d = torch.as_tensor(direction, dtype=dtype, device=device).reshape(3)
+        if not float(d.norm()) > 0:
+            raise ValueError(f"direction: expected a nonzero vector, got {d.tolist()}")
+        d = d / d.norm()
+        centre = (verts.amin(0) + verts.amax(0)) / 2
+        radius = float((verts - centre).norm(dim=-1).max().clamp_min(1e-6)) * 1.02
+        # a right-handed frame whose z is the travel direction
+        helper = torch.tensor([0.0, 1.0, 0.0] if abs(float(d[1])) < 0.9 else [1.0, 0.0, 0.0], dtype=dtype,
+                              device=device)
+        x = torch.linalg.cross(helper, d)
+        x = x / x.norm()
+        rot = torch.stack([x, torch.linalg.cross(d, x), d])
+        far = 50.0 * radius
+        eye = centre - far * d
+        focal = (res / 2) * far / radius
+        c = (res - 1) / 2
+        K = torch.tensor([[focal, 0.0, c], [0.0, focal, c], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+        depth = rasterize(((verts - eye) @ rot.T)[None], faces, K, (res, res)).zbuf[0, ..., 0]
+        depth = torch.where(depth < 0, torch.full_like(depth, float("inf")), depth)
+        return cls(depth=depth, rotation=rot, eye=eye, focal=focal, texel=2.0 * radius / res)
+
+    def lit(self, points: torch.Tensor, bias: float | torch.Tensor = 0.01) -> torch.Tensor:
+        """How lit ``(N, 3)`` points are: ``(N,)`` in [0, 1] (1 lit, 0 in shadow).
+
+        A point is lit where nothing of the mesh lies between it and the light: its depth
+        along the light is at most the map's ``+ bias`` (same units as the vertices,
+        scalar or ``(N,)``: larger hides self-shadowing "acne" on lit surfaces, smaller
+        keeps contact shadows). The four nearest texels are compared and averaged
+        (percentage-closer filtering), so shadow edges are soft over about one texel.
+        Points outside the map's footprint are lit."""
+        if points.ndim != 2 or points.shape[-1] != 3:
+            raise ValueError(f"points: expected shape (N, 3), got {tuple(points.shape)}")
+        res = self.depth.shape[0]
+        c = (res - 1) / 2
+        p = (points.to(self.depth.dtype) - self.eye) @ self.rotation.T
+        z = p[:, 2]
+        u = self.focal * p[:, 0] / z + c
+        v = self.focal * p[:, 1] / z + c
+        u0, v0 = u.floor(), v.floor()
+        bias = torch.as_tensor(bias, dtype=z.dtype, device=z.device)
+        lit = torch.zeros_like(z)
+        for du in (0, 1):
+            for dv in (0, 1):
+                uu, vv = u0 + du, v0 + dv
+                weight = (1 - (u - uu).abs()) * (1 - (v - vv).abs())
+                inside = (uu >= 0) & (uu < res) & (vv >= 0) & (vv < res)
+                depth = self.depth[vv.clamp(0, res - 1).long(), uu.clamp(0, res - 1).long()]
+                lit = lit + weight * (~inside | (z <= depth + bias)).to(z.dtype)
+        return lit.clamp(0.0, 1.0)
+
+
+def directional_shadow(
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    direction,
+    points: torch.Tensor,
+    *,
+    resolution: int = 128,
+    bias: float | torch.Tensor = 0.01,
+) -> torch.Tensor:
+    """How lit each point is under a directional light: ``ShadowMap.of(verts, faces,
+    direction, resolution).lit(points, bias)`` (:class:`ShadowMap`).
+
+    Args:
+        verts: ``(V, 3)`` float vertices (any frame; ``points`` and ``direction`` in the
+            same frame).
+        faces: ``(F, 3)`` int64.
+        direction: ``(3,)`` the direction in which the light travels (any length > 0).
+        points: ``(N, 3)`` points to test (e.g. the surface points that pixels see).
+        resolution: side of the shadow map, pixels.
+        bias: depth slack (:meth:`ShadowMap.lit`).
+
+    Returns:
+        ``(N,)`` float in [0, 1]: 1 lit, 0 in shadow.
+
+    Example:
+        >>> import torch
+        >>> from render import directional_shadow
+        >>> tri = torch.tensor([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
+        >>> below, beside = [0.0, -1.0, 0.0], [3.0, -1.0, 0.0]
+        >>> directional_shadow(tri, torch.tensor([[0, 1, 2]]), (0.0, -1.0, 0.0),
+        ...                    torch.tensor([below, beside])).tolist()  # light from above
+        [0.0, 1.0]
+    """
+    return ShadowMap.of(verts, faces, direction, resolution).lit(points, bias)
 
 
 # --------------------------------------------------------------------------- soft silhouette

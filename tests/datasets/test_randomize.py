@@ -138,6 +138,84 @@ def test_lighting_is_lambertian_with_ambient():
     assert float(rgb[:, ~covered].abs().max()) == 0.0
 
 
+def _plate_scene(size=SIZE):
+    """A square facing the camera (normal (0, 0, -1), camera frame) and a small square
+    half a unit in front of it, at its centre."""
+    back = [[-1.0, -1.0, 4.0], [1.0, -1.0, 4.0], [1.0, 1.0, 4.0], [-1.0, 1.0, 4.0]]
+    front = [[-0.3, -0.3, 3.5], [0.3, -0.3, 3.5], [0.3, 0.3, 3.5], [-0.3, 0.3, 3.5]]
+    verts = torch.tensor([back + front])
+    faces = torch.tensor([[0, 2, 1], [0, 3, 2], [4, 6, 5], [4, 7, 6]])
+    K = default_intrinsics(size)
+    return verts, faces, K, rasterize(verts, faces, K, size)
+
+
+def test_plain_shading_is_lambert_and_effects_do_what_they_say():
+    verts, faces, K, frags = _plate_scene()
+    light = DirectionalLight(direction=(0.0, 0.6, 0.8), ambient=0.3, diffuse=0.5, color=(1.0, 0.5, 1.0))
+    albedo = torch.full((1, *SIZE, 3), 0.6) * frags.mask[..., None]
+    plain = rz.apply_shading(light, rz.ShadingParams(), frags, faces, verts, albedo)[0]
+    # flat faces: per-pixel normals are the vertex normals, so it is apply_lighting
+    assert_close(plain, rz.apply_lighting(light, frags, faces, verts, albedo)[0], atol=1e-5, rtol=1e-5)
+    covered = frags.mask[0]
+    # highlights only add light, in the light's colour
+    shiny = rz.apply_shading(light, rz.ShadingParams(specular=0.5, shininess=4.0), frags, faces, verts, albedo)[0]
+    assert bool((shiny >= plain - 1e-6).all()) and float((shiny - plain)[0, covered].max()) > 0.05
+    assert_close((shiny - plain)[1], (shiny - plain)[0] * 0.5, atol=1e-5, rtol=1e-4)
+    # gamma < 1 lifts the light term (< 1 here)
+    lifted = rz.apply_shading(light, rz.ShadingParams(gamma=0.5), frags, faces, verts, albedo)[0]
+    assert bool((lifted[:, covered] > plain[:, covered]).all())
+    # light into the scene from the left: the small square shadows the big one behind it
+    oblique = DirectionalLight(direction=(0.8, 0.0, 1.0), ambient=0.2, diffuse=0.8)
+    lit = rz.apply_shading(oblique, rz.ShadingParams(), frags, faces, verts, albedo)[0]
+    shadowed = rz.apply_shading(oblique, rz.ShadingParams(self_shadow=True), frags, faces, verts, albedo)[0]
+    darker = (shadowed < lit - 0.1).any(0)
+    assert bool(darker.any())
+    # ... only on the big square (the small one is in front of everything) ...
+    front_face = frags.pix_to_face[0, ..., 0] >= 2
+    assert not bool((darker & front_face).any())
+    assert_close(shadowed[:, front_face], lit[:, front_face])
+    # ... and to the right of the small square, at its height (the shadow moves 0.4 units
+    # along +x on the big square, 0.1 of it hidden behind the small one)
+    rows, cols = darker.nonzero().T
+    x0 = int(front_face.nonzero()[:, 1].max())
+    assert int(cols.min()) >= x0 and float(rows.float().mean()) == pytest.approx(23.5, abs=1.5)
+    assert float(plain[:, ~covered].abs().max()) == 0.0 and float(shadowed[:, ~covered].abs().max()) == 0.0
+
+
+def test_floor_shadow_darkens_the_ground_below_the_object_only():
+    shape = make_shape("chair", 1)
+    R, t = angles_to_pose(0.6, 0.5, 0.0, 3.0)  # seen from above
+    R, t = R.float(), t.float()
+    size = (64, 64)
+    K = default_intrinsics(size)
+    above = DirectionalLight(direction=(0.0, 1.0, 0.3))  # camera frame: travels down the image, mostly
+    params = rz.ShadingParams(floor_shadow=0.6)
+    factor = rz.floor_shadow(above, params, shape.mesh.verts, shape.mesh.faces, K, R, t, size)
+    mask = rasterize((shape.mesh.verts @ R.T + t)[None], shape.mesh.faces, K, size).mask[0]
+    shade = factor < 0.99
+    assert bool(shade.any()) and float(factor.min()) == pytest.approx(0.4, abs=1e-4)
+    assert float(factor.max()) == 1.0
+    # the shadow is attached to the object's foot, below its centre in the image
+    rows = shade.nonzero()[:, 0].float()
+    assert float(rows.mean()) > float(mask.nonzero()[:, 0].float().mean())
+    # no floor: all ones; camera under the floor: all ones
+    assert bool((rz.floor_shadow(above, rz.ShadingParams(), shape.mesh.verts, shape.mesh.faces, K, R, t, size) == 1).all())
+    R_low, t_low = angles_to_pose(0.6, -1.2, 0.0, 3.0)
+    low = rz.floor_shadow(above, params, shape.mesh.verts, shape.mesh.faces, K, R_low.float(), t_low.float(), size)
+    assert bool((low == 1).all())
+
+
+def test_sample_shading_is_valid_replayable_and_varied():
+    draws = [rz.sample_shading(gen(s)) for s in range(40)]
+    assert draws[3] == rz.sample_shading(gen(3))
+    assert all(0 <= d.specular <= 0.5 and 5 <= d.shininess <= 60 and 0.45 <= d.gamma <= 1 for d in draws)
+    assert 10 < sum(d.self_shadow for d in draws) < 40 and 5 < sum(d.floor_shadow > 0 for d in draws) < 40
+    for kw, name in ((dict(specular=-0.1), "specular"), (dict(gamma=0.0), "gamma"),
+                     (dict(floor_shadow=1.5), "floor_shadow"), (dict(shininess=0.5), "shininess")):
+        with pytest.raises(ValueError, match=f"ShadingParams.{name}"):
+            rz.ShadingParams(**kw)
+
+
 def test_sample_light_is_valid_and_replayable():
     light = rz.sample_light(gen(5))
     assert isinstance(light, DirectionalLight) and light == rz.sample_light(gen(5))

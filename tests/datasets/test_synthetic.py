@@ -299,6 +299,7 @@ def test_replay_with_changed_parameters_keeps_the_labels():
         (dict(image_size=(4, 64)), "image_size"),
         (dict(focal_range=(0.0, 1.0)), "focal_range"),
         (dict(categories=(), mesh_paths=()), "no categories"),
+        (dict(lighting="phong"), "lighting"),
     ],
 )
 def test_bad_config_is_rejected(kw, match):
@@ -443,3 +444,21 @@ def test_center_on_box_puts_the_2d_box_centre_where_object_puts_the_object_centr
     assert max(gaps) > 1.5  # "object" leaves the box off centre in some views
     with pytest.raises(ValueError, match="center_on"):
         config(center_on="middle")
+
+
+def test_full_lighting_changes_only_the_shading():
+    # the same scenes (poses, masks, occluders), shaded with highlights, shadows and gamma
+    plain = SyntheticDataset(config(occlusion=1), seed=2, length=6)
+    full = SyntheticDataset(config(occlusion=1, lighting="full"), seed=2, length=6)
+    changed = 0
+    for i in range(6):
+        a, b = plain[i], full[i]
+        for key in ("R", "t", "K", "mask", "occluder_mask", "bbox"):
+            assert torch.equal(a[key], b[key]), key
+        assert a["occlusion"] == b["occlusion"]
+        assert plain.sample_params(i).shading is None
+        shading = full.sample_params(i).shading
+        assert isinstance(shading, rz.ShadingParams)
+        changed += int(not torch.equal(a["image"], b["image"]))
+        assert_same(b, full[i])  # replayable
+    assert changed == 6

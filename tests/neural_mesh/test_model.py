@@ -364,6 +364,28 @@ def test_finetune_center_jitter_reaches_only_the_finetuning_renders(tmp_path):
             BuildConfig(finetune_center_jitter=bad)
 
 
+def test_lighting_reaches_the_stages_it_names_and_leaves_old_keys_alone(tmp_path):
+    mesh = tmp_path / "chair.obj"
+    mesh.write_bytes(CHAIR.read_bytes())
+    tuned = replace(TINY, finetune_steps=2, finetune_occlusion=(0.2, 0.7))
+    # the default lighting keeps the keys of existing builds (fine-tuned or not)
+    assert "lighting" not in TINY.to_dict() and "finetune_lighting" not in tuned.to_dict()
+    assert TINY.train_config(mesh).data["config"]["lighting"] == "lambert"
+    full = replace(TINY, lighting="full")
+    assert full.to_dict()["lighting"] == "full" and cache_key(mesh, full) != cache_key(mesh, TINY)
+    assert full.train_config(mesh).data["config"]["lighting"] == "full"
+    # a fine-tuning stage inherits the first stage's lighting unless it names its own
+    assert replace(full, finetune_steps=2).train_config(mesh).data["config"]["lighting"] == "full"
+    late = replace(tuned, finetune_lighting="full")
+    assert late.to_dict()["finetune_lighting"] == "full" and cache_key(mesh, late) != cache_key(mesh, tuned)
+    assert late.train_config(mesh).data["config"]["lighting"] == "full"
+    assert late.first_stage() == TINY and late.first_stage().train_config(mesh).data["config"]["lighting"] == "lambert"
+    assert replace(TINY, finetune_lighting="full").to_dict() == TINY.to_dict()  # no stage, no change
+    for name in ("lighting", "finetune_lighting"):
+        with pytest.raises(ValueError, match=f"BuildConfig.{name}"):
+            BuildConfig(**{name: "phong"})
+
+
 def test_a_box_centred_build_makes_a_box_centred_model(tmp_path):
     model = build_model(CHAIR, replace(TINY, center_on="box"), cache_dir=tmp_path / "cache", progress=False)
     assert model.center_on == "box" and model.meta["build_config"]["center_on"] == "box"

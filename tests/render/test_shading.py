@@ -393,3 +393,62 @@ def test_bad_inputs_raise_with_expected_vs_got():
         DirectionalLight(ambient=-0.5)
     with pytest.raises(ValueError, match=r"DirectionalLight.color: expected 3 finite numbers"):
         DirectionalLight(color=(1.0, 1.0))
+
+
+# --------------------------------------------------------------------------- shadows
+
+
+def _sphere():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    return torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces, dtype=torch.int64)
+
+
+def test_a_sphere_shadows_its_far_side_and_the_ground_beneath_it():
+    from render.shading import ShadowMap, directional_shadow
+
+    verts, faces = _sphere()
+    down = (0.0, -1.0, 0.0)  # light from above
+    smap = ShadowMap.of(verts, faces, down)
+    points = torch.tensor([
+        [0.0, 1.0, 0.0],  # the top: faces the light
+        [0.0, -1.0, 0.0],  # the bottom: behind the sphere
+        [0.0, -3.0, 0.0],  # the ground beneath
+        [0.3, -2.0, -0.2],  # under the sphere, off-centre
+        [2.0, -3.0, 0.0],  # the ground beside it
+        [0.0, 3.0, 0.0],  # above, between the sphere and the light
+    ])
+    lit = smap.lit(points, bias=2 * smap.texel)
+    assert lit.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    # a light travelling along +x: the -x side is lit, the +x side and what lies beyond it are not
+    side = directional_shadow(verts, faces, (1.0, 0.0, 0.0),
+                              torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.1, 0.0]]), bias=0.05)
+    assert side.tolist() == [1.0, 0.0, 0.0]
+    assert smap.texel == pytest.approx(2 * 1.02 * float(verts.norm(dim=-1).max()) / 128, rel=1e-5)
+
+
+def test_shadow_edges_are_soft_over_about_one_texel():
+    from render.shading import ShadowMap
+
+    # a plate y = 0, x in [-1, 1]; points below it across its edge at x = 1
+    verts = torch.tensor([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]])
+    faces = torch.tensor([[0, 2, 1], [0, 3, 2]])
+    smap = ShadowMap.of(verts, faces, (0.0, -1.0, 0.0), resolution=32)
+    xs = torch.linspace(0.5, 1.5, 201)
+    lit = smap.lit(torch.stack([xs, torch.full_like(xs, -1.0), torch.zeros_like(xs)], -1))
+    assert float(lit[0]) == 0.0 and float(lit[-1]) == 1.0
+    assert bool((lit[1:] >= lit[:-1] - 1e-6).all())  # monotone across the edge
+    ramp = xs[(lit > 0.05) & (lit < 0.95)]
+    assert 0 < float(ramp.max() - ramp.min()) <= 2.5 * smap.texel
+    assert abs(float(xs[(lit - 0.5).abs().argmin()]) - 1.0) <= 1.5 * smap.texel
+
+
+def test_shadow_map_rejects_bad_input():
+    from render.shading import ShadowMap
+
+    verts, faces = _sphere()
+    with pytest.raises(ValueError, match="direction"):
+        ShadowMap.of(verts, faces, (0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="resolution"):
+        ShadowMap.of(verts, faces, (0.0, 1.0, 0.0), resolution=4)
+    with pytest.raises(ValueError, match="points"):
+        ShadowMap.of(verts, faces, (0.0, 1.0, 0.0)).lit(torch.zeros(5, 2))
