@@ -870,6 +870,10 @@ def export(
             old = json.loads(meta_path.read_text())
         except ValueError as e:
             raise ValueError(f"{meta_path}: unreadable ({e})") from None
+        try:  # an export by an older version lacks fields added since, at their defaults
+            old = {**old, "config": SyntheticConfig.from_dict(old["config"]).to_dict()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass
         if old != meta:
             raise ValueError(f"{meta_path}: this folder holds an export with a different config or seed; use another --out")
     dataset = SyntheticDataset(config, seed=seed, length=int(n))  # validates before writing anything
@@ -1047,6 +1051,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes-per-category", type=positive_int, default=SyntheticConfig.shapes_per_category)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backgrounds", metavar="FOLDER", help="folder of photos to crop backgrounds from")
+    p.add_argument("--lighting", choices=LIGHTINGS, default=SyntheticConfig.lighting,
+                   help="Lambert shading, or also highlights, self- and floor shadows and a light-term gamma "
+                        "(SyntheticConfig.lighting)")
 
 
 def _config(args, size, occlusion) -> SyntheticConfig:
@@ -1057,6 +1064,7 @@ def _config(args, size, occlusion) -> SyntheticConfig:
         mesh_paths=tuple(args.meshes),
         occlusion=occlusion,
         background_dir=args.backgrounds,
+        lighting=args.lighting,
     )
 
 

@@ -347,10 +347,15 @@ def test_export_resume_and_read_back(tmp_path):
     records = [json.loads(line) for line in lines]
     assert sorted(r["index"] for r in records) == list(range(6))
     assert export(cfg, out, 6, seed=4, progress=False) == 0  # nothing left to do
+    # an export written before a config field existed resumes (the field at its default)
+    meta = json.loads((out / "config.json").read_text())
+    del meta["config"]["lighting"]
+    (out / "config.json").write_text(json.dumps(meta))
+    assert export(cfg, out, 7, seed=4, progress=False) == 1
 
     ds = SyntheticDataset(cfg, seed=4, length=6)
     folder = SyntheticFolder(out)
-    assert len(folder) == 6 and folder.indices == list(range(6))
+    assert len(folder) == 7 and folder.indices == list(range(7))
     for i in range(6):
         got, want = folder[i], ds[i]
         check_sample(got)
@@ -385,10 +390,11 @@ def test_export_with_worker_processes(tmp_path):
 def test_cli_export_and_contact_sheet(tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["--out", str(out), "--n", "2", "--size", "32", "--categories", "mug", "--occlusion-level", "1",
-                 "--shapes-per-category", "1", "--no-progress"])
+                 "--shapes-per-category", "1", "--no-progress", "--lighting", "full"])
     assert code == 0
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
-    assert json.loads((out / "config.json").read_text())["config"]["occlusion"] == 1
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["occlusion"] == 1 and config["lighting"] == "full"
     sheet = tmp_path / "sheet.png"
     code = main(["contact-sheet", "--out", str(sheet), "--size", "24", "--categories", "car", "mug",
                  "--levels", "0", "2", "--per-level", "1", "--shapes-per-category", "1"])
@@ -405,6 +411,7 @@ def test_cli_export_and_contact_sheet(tmp_path, capsys):
         (["--n", "2", "--size", "0"], "--size"),
         (["--n", "2", "--categories", "spaceship"], "spaceship"),
         (["--n", "2", "--occlusion-level", "7"], "--occlusion-level"),
+        (["--n", "2", "--lighting", "phong"], "--lighting"),
     ],
 )
 def test_cli_bad_numbers_exit_2_with_one_line(tmp_path, capsys, args, match):
