@@ -92,8 +92,9 @@ class BuildConfig:
         lighting: how the training renders are lit
             (:attr:`datasets.synthetic.SyntheticConfig.lighting`): ``"lambert"``
             (default) or ``"full"`` (also highlights, self-shadows, floor shadows and a
-            gamma on the light term, nearer to other renderers and photos; about 1.5x
-            the rendering time).
+            gamma on the light term; about half the engine's samples per second,
+            ``benchmarks/bench_data.py --lighting full``). Measured no better on another
+            renderer's images (docs/pose_results.md).
         seed: seed of the weights, the banks and the renders.
         finetune_steps: after the build above (cached as a model of its own), go on
             training its backbone and neural mesh for this many steps on new renders (0:
