@@ -63,6 +63,7 @@ from pathlib import Path
 
 import torch
 
+from datasets.synthetic import LIGHTINGS
 from neural_mesh.build import BuildConfig, build_model, cache_key, default_cache_dir
 from neural_mesh.backbones import feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
@@ -362,10 +363,10 @@ def main(argv=None) -> int:
                    help="spread of the object's image position in the fine-tuning renders, as a fraction of the "
                         "image size (BuildConfig.finetune_center_jitter; default: the first stage's, "
                         f"{BuildConfig.center_jitter:g})")
-    p.add_argument("--lighting", choices=("lambert", "full"), default=BuildConfig.lighting,
+    p.add_argument("--lighting", choices=LIGHTINGS, default=BuildConfig.lighting,
                    help="how the training renders are lit: Lambert only, or also highlights, self- and floor "
                         "shadows and a light-term gamma (BuildConfig.lighting)")
-    p.add_argument("--finetune-lighting", choices=("lambert", "full"),
+    p.add_argument("--finetune-lighting", choices=LIGHTINGS,
                    help="lighting of the fine-tuning renders (BuildConfig.finetune_lighting; default: the "
                         "first stage's)")
     p.add_argument("--n", type=int, default=40, help="test images per level")

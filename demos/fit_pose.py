@@ -100,6 +100,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.realdata import read_image
+from datasets.synthetic import LIGHTINGS
 from neural_mesh.build import BuildConfig, build_model, default_cache_dir, model_cache_path
 from neural_mesh.fitting import FitConfig, PoseResult
 from neural_mesh.metrics import rotation_error
@@ -176,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
                      help="hidden fraction of the object under occluders in the training renders when building "
                           "a model (default 0 0: none; the README's status section names the most accurate "
                           "build measured)")
-    adv.add_argument("--build-lighting", choices=("lambert", "full"),
+    adv.add_argument("--build-lighting", choices=LIGHTINGS,
                      help="how the training renders are lit when building a model: Lambert shading only "
                           "(default), or also highlights, self- and floor shadows and a gamma on the light term "
                           "(nearer to photos; slower renders)")
@@ -191,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
     adv.add_argument("--build-finetune-center-jitter", type=_number, metavar="J",
                      help="spread of the object's image position in the fine-tuning renders, as a fraction of "
                           f"the image size (default: the first stage's, {BuildConfig.center_jitter:g})")
-    adv.add_argument("--build-finetune-lighting", choices=("lambert", "full"),
+    adv.add_argument("--build-finetune-lighting", choices=LIGHTINGS,
                      help="lighting of the fine-tuning renders (default: the first stage's)")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")

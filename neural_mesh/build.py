@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from datasets.synthetic import LIGHTINGS
 from render.checks import check_int_fields
 
 from .backbones import OUTPUT_STRIDES, PRESETS
@@ -157,8 +158,6 @@ class BuildConfig:
                 raise ValueError(f"BuildConfig.{name}: expected a number > 0, got {value!r}")
         if self.center_on not in ("object", "box"):
             raise ValueError(f"BuildConfig.center_on: expected 'object' or 'box', got {self.center_on!r}")
-        from datasets.synthetic import LIGHTINGS
-
         for name in ("lighting", "finetune_lighting"):
             value = getattr(self, name)
             if not (value in LIGHTINGS or (value is None and name == "finetune_lighting")):
