@@ -17,7 +17,9 @@ scene settings) and another seed (other viewpoints, colours, lights and procedur
 backgrounds) at occlusion levels L0 (none), L1 (20-40 % of the
 object hidden), L2 (40-60 %), L3 (60-80 %); with ``--renderer raycast`` they are drawn by
 :mod:`datasets.raycast` instead, a renderer the models never saw (ray casting, its own
-materials and lighting, floors with cast shadows, 3D occluders). The table gives Acc@pi/6, Acc@pi/18 and the
+materials and lighting, floors with cast shadows, 3D occluders), and ``--raycast-off``
+switches some of its effects off (:data:`datasets.raycast.EFFECTS`; the same scenes
+otherwise), to find which of them a model trained on the engine's renders pays for. The table gives Acc@pi/6, Acc@pi/18 and the
 median rotation error per level and method, and seconds per image: render-and-compare
 fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
 images one at a time (the "single" time, the default interactive case). The last three
@@ -40,7 +42,8 @@ much the features depend on where the crop puts the object.
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
         [--finetune-lighting full]] [--lighting full]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
-        [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast] [--crop-shifts PX ...]
+        [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast [--raycast-off EFFECT ...]]
+        [--crop-shifts PX ...]
         [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
@@ -60,9 +63,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from datasets.raycast import EFFECTS as RAYCAST_EFFECTS
 from datasets.synthetic import LIGHTINGS
 from neural_mesh.build import BuildConfig, build_model, cache_key, default_cache_dir
 from neural_mesh.backbones import feature_intrinsics
@@ -81,14 +86,16 @@ TEST_SEED = 90_210
 RENDERERS = ("engine", "raycast")
 
 
-def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str = "engine"):
+def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str = "engine",
+             raycast_off: Sequence[str] = ()):
     """``n`` held-out samples of ``mesh`` at occlusion ``level``, drawn by the synthetic
     engine (``"engine"``) or by :mod:`datasets.raycast` (``"raycast"``: another renderer
-    with its own shading, 3D scenes and 3D occluders)."""
+    with its own shading, 3D scenes and 3D occluders; ``raycast_off`` switches some of its
+    effects off, :data:`datasets.raycast.EFFECTS`, the scenes otherwise the same)."""
     if renderer == "raycast":
         from datasets.raycast import raycast_samples
 
-        return raycast_samples(mesh, n, level, build.image_size, seed=TEST_SEED)
+        return raycast_samples(mesh, n, level, build.image_size, seed=TEST_SEED, off=raycast_off)
     from datasets.synthetic import SyntheticConfig, SyntheticDataset
     from neural_mesh.training import synthetic_data
 
@@ -395,6 +402,9 @@ def main(argv=None) -> int:
     p.add_argument("--renderer", choices=RENDERERS, default="engine",
                    help="who draws the test images: the training engine, or datasets.raycast "
                         "(an independent ray caster with its own shading, floors, shadows, 3D occluders)")
+    p.add_argument("--raycast-off", nargs="+", default=[], choices=RAYCAST_EFFECTS, metavar="EFFECT",
+                   help="with --renderer raycast: switch these effects of its scenes off, the scenes otherwise the "
+                        f"same, to see which of them costs accuracy ({', '.join(RAYCAST_EFFECTS)})")
     p.add_argument("--device", default="cpu", help="where to train, fit and time: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the results here")
@@ -406,6 +416,8 @@ def main(argv=None) -> int:
         p.error(f"--device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this torch build sees no CUDA device")
+    if args.raycast_off and args.renderer != "raycast":
+        p.error("--raycast-off: switches off effects of the ray caster's scenes, so it needs --renderer raycast")
     if args.box_shift and not args.box:
         p.error("--box-shift: moves the true box, so it needs --box")
     if not (math.isfinite(args.box_shift) and args.box_shift >= 0):
@@ -446,9 +458,9 @@ def main(argv=None) -> int:
                          "lighting": build.lighting, "finetune_lighting": build.finetune_lighting, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
-                         "device": str(device), "levels": {}}
+                         "raycast_off": args.raycast_off, "device": str(device), "levels": {}}
     for level in args.levels:
-        samples = test_set(mesh, build, level, args.n, args.renderer)
+        samples = test_set(mesh, build, level, args.n, args.renderer, args.raycast_off)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         boxes = moved_boxes(samples, args.box_shift) if args.box else None
         nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, boxes)
@@ -479,6 +491,8 @@ def main(argv=None) -> int:
 
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     drawn = "renders" if args.renderer == "engine" else "ray-cast images (another renderer)"
+    if args.raycast_off:
+        drawn = f"ray-cast images (another renderer; {', '.join(args.raycast_off)} off)"
     low, high = build.occlusion
     occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
     if build.center_jitter != BuildConfig.center_jitter:

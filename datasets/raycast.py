@@ -18,6 +18,10 @@ shaded here:
   (:data:`datasets.randomize.OCCLUSION_LEVELS`);
 * 2 x 2 supersampling, gamma 2.2 and sensor noise.
 
+Each of those can be switched off (``off=``, :data:`EFFECTS`) to find out which of them a
+model trained on the engine's renders struggles with: the scene is otherwise the same
+(every random draw is still made), so two runs differ by that one effect.
+
 What it shares with the engine: the mesh's canonical frame (:func:`render.load_mesh` and
 :func:`render.center_and_scale`: bounding-box centre, unit bounding sphere), the pose
 convention (:func:`render.angles_to_pose`) and the viewpoint ranges of
@@ -26,7 +30,7 @@ convention (:func:`render.angles_to_pose`) and the viewpoint ranges of
 bbox, category, mesh_id``; :func:`datasets.check_sample` holds) in the canonical frame.
 
     python -m datasets.raycast --mesh demos/data/chair.obj --out data/raycast --n 8 \\
-        --level 2 [--size 256] [--seed 0]
+        --level 2 [--size 256] [--seed 0] [--off shadows textures ...]
 
 writes ``0000.png ...`` and ``ground_truth.jsonl`` (one line per image: ``K`` as ``[fx,
 fy, cx, cy]`` for ``fit_pose.py --K``, ``R`` and ``t`` in the mesh file's own frame,
@@ -53,7 +57,15 @@ from render import Mesh, MeshError, angles_to_pose, center_and_scale, load_mesh
 
 from .randomize import OCCLUSION_LEVELS
 
-__all__ = ["RaycastScene", "file_frame_translation", "make_scene", "raycast_samples", "main"]
+__all__ = ["EFFECTS", "RaycastScene", "file_frame_translation", "make_scene", "raycast_samples", "main"]
+
+#: what ``off=`` can switch off, one at a time or together; the rest of the scene stays
+#: the same (the random draws are made either way):
+#: ``floor``, ``wall`` (the sky gradient shows instead), ``distractors``, ``shadows``,
+#: ``highlights`` (no Blinn-Phong term), ``textures`` (every material a solid colour),
+#: ``supersampling`` (one ray per pixel: aliased edges), ``gamma`` (linear output) and
+#: ``noise`` (no exposure change, no sensor noise)
+EFFECTS = ("floor", "wall", "distractors", "shadows", "highlights", "textures", "supersampling", "gamma", "noise")
 
 #: viewpoint ranges (those of SyntheticConfig's defaults; radians, radii, image sides)
 AZIMUTH = (-math.pi, math.pi)
@@ -162,14 +174,15 @@ def _hsv(rng: np.random.Generator, sat=(0.1, 0.9), val=(0.2, 0.95)) -> np.ndarra
     return np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(*sat), rng.uniform(*val)))
 
 
-def _material(rng: np.random.Generator, scale: float) -> Callable[[np.ndarray], np.ndarray]:
-    """A random procedural 3D albedo: points ``(N, 3)`` -> linear RGB ``(N, 3)``."""
+def _material(rng: np.random.Generator, scale: float, solid: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A random procedural 3D albedo: points ``(N, 3)`` -> linear RGB ``(N, 3)``;
+    ``solid``: its first colour only (the same draws are made)."""
     kind = rng.choice(["solid", "stripes", "wood", "checker"])
     a, b = _hsv(rng), _hsv(rng)
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     period = scale * rng.uniform(0.1, 0.5)
-    if kind == "solid":
+    if kind == "solid" or solid:
         return lambda p: np.broadcast_to(a, p.shape).copy()
     if kind == "stripes":
         return lambda p: np.where((np.floor(p @ axis / period) % 2 == 0)[:, None], a, b)
@@ -244,10 +257,11 @@ def _camera_rays(K: np.ndarray, R: np.ndarray, t: np.ndarray, size: tuple[int, i
 
 
 def _render(items: list[_Item], item_of: np.ndarray, verts: np.ndarray, faces: np.ndarray, caster: _Caster,
-            K, R, t, size: tuple[int, int], rng: np.random.Generator, ss: int = 2) -> np.ndarray:
-    """Shade the scene with ``ss x ss`` samples per pixel: ``(H, W, 3)`` in [0, 1].
-    ``item_of`` maps each face to its index in ``items``."""
+            K, R, t, size: tuple[int, int], rng: np.random.Generator, off: frozenset[str] = frozenset()) -> np.ndarray:
+    """Shade the scene with 2 x 2 samples per pixel (1 with ``supersampling`` off):
+    ``(H, W, 3)`` in [0, 1]. ``item_of`` maps each face to its index in ``items``."""
     h, w = size
+    ss = 1 if "supersampling" in off else 2
     origins, dirs = _camera_rays(K, R, t, size, ss)
     dist, face, bary = caster.cast(origins, dirs)
     hit = face >= 0
@@ -279,8 +293,11 @@ def _render(items: list[_Item], item_of: np.ndarray, verts: np.ndarray, faces: n
     normals[flip] *= -1
     fn[(fn * view).sum(1) < 0] *= -1
     # shadows: a second ray towards the light
-    s_dist, _, _ = caster.cast(points + 1e-3 * fn, np.broadcast_to(light, points.shape).copy())
-    lit = ~np.isfinite(s_dist)
+    if "shadows" in off:
+        lit = np.ones(len(idx), dtype=bool)
+    else:
+        s_dist, _, _ = caster.cast(points + 1e-3 * fn, np.broadcast_to(light, points.shape).copy())
+        lit = ~np.isfinite(s_dist)
     diffuse = np.clip(normals @ light, 0, None) * lit
     half = light[None] + view
     half /= np.linalg.norm(half, axis=1, keepdims=True)
@@ -290,12 +307,17 @@ def _render(items: list[_Item], item_of: np.ndarray, verts: np.ndarray, faces: n
         if not sel.any():
             continue
         albedo = item.albedo(points[sel])
-        spec = item.specular * lit[sel] * np.clip((normals[sel] * half[sel]).sum(1), 0, None) ** item.shininess
+        specular = 0.0 if "highlights" in off else item.specular
+        spec = specular * lit[sel] * np.clip((normals[sel] * half[sel]).sum(1), 0, None) ** item.shininess
         shade[sel] = albedo * (ambient + (1 - ambient) * diffuse[sel, None]) + spec[:, None]
     color[idx] = shade
     image = color.reshape(h, w, ss * ss, 3).mean(2)
-    image = np.clip(image, 0, 1) ** (1 / 2.2)
-    image = image * rng.uniform(0.8, 1.15) + rng.normal(0, rng.uniform(0.0, 0.02), image.shape)
+    image = np.clip(image, 0, 1)
+    if "gamma" not in off:
+        image = image ** (1 / 2.2)
+    gain, noise = rng.uniform(0.8, 1.15), rng.normal(0, rng.uniform(0.0, 0.02), image.shape)
+    if "noise" not in off:
+        image = image * gain + noise
     return np.clip(image, 0, 1)
 
 
@@ -308,11 +330,22 @@ def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return vn / np.linalg.norm(vn, axis=1, keepdims=True).clip(1e-12)
 
 
+def _effects_off(off: Sequence[str]) -> frozenset[str]:
+    if isinstance(off, str):
+        off = (off,)
+    unknown = sorted(set(off) - set(EFFECTS))
+    if unknown:
+        raise ValueError(f"off: unknown effect(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(EFFECTS)}")
+    return frozenset(off)
+
+
 def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, int], level: int,
-               rng: np.random.Generator, max_tries: int = 60) -> RaycastScene:
-    """One scene of the canonical-frame mesh at occlusion ``level`` (0-3)."""
+               rng: np.random.Generator, max_tries: int = 60, off: Sequence[str] = ()) -> RaycastScene:
+    """One scene of the canonical-frame mesh at occlusion ``level`` (0-3), without the
+    effects named in ``off`` (:data:`EFFECTS`)."""
     if level not in OCCLUSION_LEVELS:
         raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
+    off = _effects_off(off)
     h, w = size
     az, el = rng.uniform(*AZIMUTH), rng.uniform(*ELEVATION)
     theta, dist = rng.uniform(*THETA), rng.uniform(*DISTANCE)
@@ -330,20 +363,26 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
     soup_f: list[np.ndarray] = []
     count = [0, 0]  # verts, faces so far
 
-    def add(role: str, v: np.ndarray, fc: np.ndarray, smooth: bool, albedo=None) -> None:
+    def add(role: str, v: np.ndarray, fc: np.ndarray, smooth: bool, scale: float = 1.0, keep: bool = True) -> None:
+        # the draws are made even for a solid that is left out, so the rest of the scene stays
+        item = _Item(role, count[1], count[1] + len(fc), _material(rng, scale, solid="textures" in off), smooth,
+                     specular=rng.uniform(0.0, 0.5), shininess=rng.uniform(5, 60))
+        if not keep:
+            return
         soup_v.append(v)
         soup_f.append(fc + count[0])
-        items.append(_Item(role, count[1], count[1] + len(fc), albedo or _material(rng, 1.0), smooth,
-                           specular=rng.uniform(0.0, 0.5), shininess=rng.uniform(5, 60)))
+        items.append(item)
         count[0] += len(v)
         count[1] += len(fc)
 
-    add("object", obj_verts, obj_faces, smooth=False)
     floor_y = float(obj_verts[:, 1].min())
-    if cam[1] > floor_y + 0.3:
-        plane = trimesh.creation.box(extents=[60.0, 0.01, 60.0])
-        plane.apply_translation([0, floor_y - 0.005, 0])
-        add("floor", np.asarray(plane.vertices), np.asarray(plane.faces), False, _material(rng, 4.0))
+    has_floor = cam[1] > floor_y + 0.3
+    if has_floor:
+        floor = trimesh.creation.box(extents=[60.0, 0.01, 60.0])
+        floor.apply_translation([0, floor_y - 0.005, 0])
+    add("object", obj_verts, obj_faces, smooth=False)
+    if has_floor:
+        add("floor", np.asarray(floor.vertices), np.asarray(floor.faces), False, 4.0, keep="floor" not in off)
     # a wall behind the object, facing the camera
     back = -cam / np.linalg.norm(cam)
     wall = trimesh.creation.box(extents=[60.0, 60.0, 0.01])
@@ -355,7 +394,7 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
     elif z @ back < 0:
         wall.apply_transform(trimesh.transformations.rotation_matrix(math.pi, [0, 1, 0]))
     wall.apply_translation(back * rng.uniform(2.5, 8.0))
-    add("wall", np.asarray(wall.vertices), np.asarray(wall.faces), False, _material(rng, 4.0))
+    add("wall", np.asarray(wall.vertices), np.asarray(wall.faces), False, 4.0, keep="wall" not in off)
 
     # one ray through each pixel centre: placement and masks are measured on these
     origins, pixel_dirs = _camera_rays(K, R, t, size, 1)
@@ -370,13 +409,14 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
         offset[1] = 0
         offset /= np.linalg.norm(offset).clip(1e-9)
         centre = offset * rng.uniform(1.8, 3.5)
-        centre[1] = floor_y - prim.bounds[0, 1] if items[1].role == "floor" else rng.uniform(-0.5, 0.5)
+        centre[1] = floor_y - prim.bounds[0, 1] if has_floor else rng.uniform(-0.5, 0.5)
         prim.apply_translation(centre)
         if np.linalg.norm(cam - centre) <= 1.5:
             continue
         d, _, _ = _Caster(np.asarray(prim.vertices), np.asarray(prim.faces)).cast(origins, pixel_dirs)
         if not (d[amodal] < obj_dist[amodal]).any():
-            add("distractor", np.asarray(prim.vertices), np.asarray(prim.faces), smooth)
+            add("distractor", np.asarray(prim.vertices), np.asarray(prim.faces), smooth,
+                keep="distractors" not in off)
     # occluders between the camera and the object until the level's range is reached
     low, high = OCCLUSION_LEVELS[level]
     hidden = np.zeros(h * w, dtype=bool)
@@ -407,7 +447,7 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
     faces = np.concatenate(soup_f)
     item_of = np.concatenate([np.full(it.stop - it.start, k, dtype=np.int64) for k, it in enumerate(items)])
     caster = _Caster(verts, faces)
-    image = _render(items, item_of, verts, faces, caster, K, R, t, size, rng)
+    image = _render(items, item_of, verts, faces, caster, K, R, t, size, rng, off)
     # masks from the pixel centres (as the occluders were placed): what each centre sees first
     _, first, _ = caster.cast(origins, pixel_dirs)
     is_occluder = np.array([it.role == "occluder" for it in items])
@@ -455,15 +495,18 @@ def _sample(scene: RaycastScene, mesh_id: str) -> dict[str, Any]:
 
 
 def raycast_samples(mesh: str | Path | Mesh, n: int, level: int = 0, size: int | Sequence[int] = 128,
-                    seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+                    seed: int = 0, progress: bool = False, off: Sequence[str] = ()) -> list[dict[str, Any]]:
     """``n`` ray-cast test samples of a mesh (a file, or a loaded :class:`render.Mesh`) at
-    occlusion ``level`` (module docstring).
+    occlusion ``level`` (module docstring), without the effects named in ``off``
+    (:data:`EFFECTS`).
 
-    Scene ``i`` depends only on ``(seed, level, i)``.
+    Scene ``i`` depends only on ``(seed, level, i)``; switching an effect off leaves the
+    rest of it as it was (unless the scene then misses its occlusion level, e.g. without
+    a floor that hid part of an occluder, and the next attempt's scene is drawn).
 
     Raises:
         render.MeshError: the mesh file cannot be read.
-        ValueError: bad ``n``, ``level`` or ``size``.
+        ValueError: bad ``n``, ``level``, ``size`` or ``off``.
     """
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n: expected an int >= 0, got {n!r}")
@@ -472,6 +515,7 @@ def raycast_samples(mesh: str | Path | Mesh, n: int, level: int = 0, size: int |
         raise ValueError(f"size: expected a side or (H, W) of at least 8 pixels, got {size!r}")
     if level not in OCCLUSION_LEVELS:
         raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
+    off = _effects_off(off)
     if not isinstance(mesh, Mesh):
         mesh = load_mesh(mesh)
     verts, faces, _, _ = _canonical(mesh)
@@ -486,7 +530,7 @@ def raycast_samples(mesh: str | Path | Mesh, n: int, level: int = 0, size: int |
         for attempt in range(20):
             rng = np.random.default_rng([seed, level, i, attempt])
             try:
-                scene = make_scene(verts, faces, hw, level, rng)
+                scene = make_scene(verts, faces, hw, level, rng, off=off)
                 break
             except RuntimeError:
                 continue
@@ -505,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--level", type=int, default=0, choices=sorted(OCCLUSION_LEVELS))
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--off", nargs="+", default=[], choices=EFFECTS, metavar="EFFECT",
+                   help=f"switch these effects off, the scenes otherwise unchanged: {', '.join(EFFECTS)}")
     args = p.parse_args(argv)
     if args.n < 1 or args.size < 8:
         print("error: --n must be >= 1 and --size >= 8", file=sys.stderr)
@@ -517,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _, _, c, s = _canonical(mesh)
-    samples = raycast_samples(mesh, args.n, args.level, args.size, args.seed, progress=True)
+    samples = raycast_samples(mesh, args.n, args.level, args.size, args.seed, progress=True, off=args.off)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = []

@@ -222,8 +222,10 @@ def test_bench_pose_box_shift_gives_the_moved_box(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("extra, words", [(["--box-shift", "4"], "needs --box"),
-                                          (["--box", "--box-shift", "-1"], "expected a distance >= 0")])
-def test_bench_pose_rejects_a_bad_box_shift(capsys, extra, words):
+                                          (["--box", "--box-shift", "-1"], "expected a distance >= 0"),
+                                          (["--raycast-off", "shadows"], "needs --renderer raycast"),
+                                          (["--renderer", "raycast", "--raycast-off", "fog"], "invalid choice: 'fog'")])
+def test_bench_pose_rejects_bad_test_image_options(capsys, extra, words):
     with pytest.raises(SystemExit) as exit_info:
         load_bench().main(["--no-regression", *extra])
     assert exit_info.value.code == 2 and words in capsys.readouterr().err
@@ -259,14 +261,15 @@ def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "test_set", lambda *a: seen.append(a) or real(*a))
     out = tmp_path / "r.json"
     args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "1",
-            "--levels", "1", "--singles", "1", "--threads", "1", "--renderer", "raycast", "--json", str(out)]
+            "--levels", "1", "--singles", "1", "--threads", "1", "--renderer", "raycast", "--raycast-off", "shadows",
+            "noise", "--json", str(out)]
     assert bench.main(args) == 0
     table = capsys.readouterr().out
-    assert "ray-cast images" in table
+    assert "ray-cast images (another renderer; shadows, noise off)" in table
     assert "? training steps" in table  # a model with no recorded training
-    assert seen and seen[0][-1] == "raycast"
+    assert seen and seen[0][-2:] == ("raycast", ["shadows", "noise"])
     result = json.loads(out.read_text())
-    assert result["renderer"] == "raycast"
+    assert result["renderer"] == "raycast" and result["raycast_off"] == ["shadows", "noise"]
     assert 0.2 <= result["levels"]["L1"]["occlusion"] <= 0.45
 
 

@@ -74,6 +74,41 @@ def test_deterministic_per_seed_and_index():
     assert not torch.equal(a[0]["image"], c[0]["image"])
 
 
+@pytest.mark.parametrize("effect", ["shadows", "textures", "supersampling", "gamma", "noise"])
+def test_an_effect_switched_off_leaves_the_rest_of_the_scene(samples, effect):
+    base = samples[2][0]
+    [other] = rc.raycast_samples(CHAIR, 1, 2, SIZE, seed=5, off=[effect])
+    for key in ("mask", "occluder_mask", "K", "R", "t"):
+        assert torch.equal(base[key], other[key]), key
+    assert other["occlusion"] == base["occlusion"]
+    assert not torch.equal(base["image"], other["image"])
+
+
+def test_without_floor_wall_distractors_and_noise_the_background_is_the_sky_gradient():
+    [s] = rc.raycast_samples(CHAIR, 1, 0, 48, seed=2, off=["floor", "wall", "distractors", "noise"])
+    image, mask = s["image"], s["mask"]
+    # pixels clear of the object (and of its anti-aliased edge): one colour per row
+    near = torch.nn.functional.max_pool2d(mask[None, None].float(), 5, 1, 2)[0, 0] > 0
+    rows = [image[:, y][:, ~near[y]] for y in range(48) if (~near[y]).sum() > 1]
+    assert len(rows) > 20
+    assert max(float((r - r[:, :1]).abs().max()) for r in rows) < 1e-5
+    assert float((rows[0][:, 0] - rows[-1][:, 0]).abs().max()) > 1e-3  # a gradient, not a flat colour
+    [full] = rc.raycast_samples(CHAIR, 1, 0, 48, seed=2, off=["noise"])
+    assert torch.equal(full["mask"], mask)  # the same viewpoint, with its floor and wall
+    assert not torch.equal(full["image"], image)
+
+
+def test_solid_materials_make_the_same_draws():
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    points = np.random.default_rng(2).normal(size=(50, 3))
+    textured = [rc._material(a, 1.0)(points) for _ in range(8)]
+    solid = [rc._material(b, 1.0, solid=True)(points) for _ in range(8)]
+    assert a.uniform() == b.uniform()
+    assert all(np.allclose(s, s[:1]) for s in solid)
+    assert any(not np.allclose(t, t[:1]) for t in textured)
+    assert all(np.allclose(s, t) for s, t in zip(solid, textured) if np.allclose(t, t[:1]))  # solid kinds agree
+
+
 def test_brute_force_caster_agrees_with_open3d(monkeypatch):
     pytest.importorskip("open3d")
     mesh, _, _ = canonical_chair()
@@ -133,3 +168,5 @@ def test_bad_arguments_raise():
         rc.raycast_samples(CHAIR, 1, level=7)
     with pytest.raises(ValueError, match="size"):
         rc.raycast_samples(CHAIR, 1, size=4)
+    with pytest.raises(ValueError, match="unknown effect.*'fog'"):
+        rc.raycast_samples(CHAIR, 1, off=["shadows", "fog"])
