@@ -107,11 +107,14 @@ def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str =
     return [ds[i] for i in range(n)]
 
 
-def summary(err_deg: torch.Tensor) -> dict[str, float]:
+def summary(err_deg: torch.Tensor) -> dict:
+    """The accuracies and median of the errors, and the errors themselves (per test image,
+    in order: two runs on the same test set compare image by image)."""
     return {
         "acc_pi6": float((err_deg < 30).double().mean()),
         "acc_pi18": float((err_deg < 10).double().mean()),
         "median_deg": float(err_deg.median()) if err_deg.numel() % 2 else float(err_deg.double().quantile(0.5)),
+        "errors_deg": [round(float(e), 3) for e in err_deg],
     }
 
 

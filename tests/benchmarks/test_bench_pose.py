@@ -54,6 +54,11 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
     for level in result["levels"].values():
         m = level["render_and_compare"]
         assert 0.0 <= m["acc_pi6"] <= 1.0 and 0.0 <= m["median_deg"] <= 180.0
+        # every image's error, so two runs on the same test set compare image by image
+        errors = m["errors_deg"]
+        assert len(errors) == 2 and all(0.0 <= e <= 180.0 for e in errors)
+        assert m["acc_pi6"] == sum(e < 30 for e in errors) / 2 and m["median_deg"] == pytest.approx(
+            sum(errors) / 2, abs=2e-3)
         assert m["s_per_image_batched"] > 0 and math.isfinite(m["s_per_image_single"])
         # the evidence for the true pose: a mean margin in [-2, 2] and a share of pixels
         assert -2.0 <= m["true_pose_margin"]["mean"] <= 2.0 and 0.0 <= m["true_pose_margin"]["positive"] <= 1.0
