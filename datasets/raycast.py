@@ -63,9 +63,11 @@ __all__ = ["EFFECTS", "RaycastScene", "file_frame_translation", "make_scene", "r
 #: the same (the random draws are made either way):
 #: ``floor``, ``wall`` (the sky gradient shows instead), ``distractors``, ``shadows``,
 #: ``highlights`` (no Blinn-Phong term), ``textures`` (every material a solid colour),
+#: ``object_texture`` (the object's material a solid colour, the scene's still patterned),
 #: ``supersampling`` (one ray per pixel: aliased edges), ``gamma`` (linear output) and
 #: ``noise`` (no exposure change, no sensor noise)
-EFFECTS = ("floor", "wall", "distractors", "shadows", "highlights", "textures", "supersampling", "gamma", "noise")
+EFFECTS = ("floor", "wall", "distractors", "shadows", "highlights", "textures", "object_texture", "supersampling",
+           "gamma", "noise")
 
 #: viewpoint ranges (those of SyntheticConfig's defaults; radians, radii, image sides)
 AZIMUTH = (-math.pi, math.pi)
@@ -365,7 +367,8 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
 
     def add(role: str, v: np.ndarray, fc: np.ndarray, smooth: bool, scale: float = 1.0, keep: bool = True) -> None:
         # the draws are made even for a solid that is left out, so the rest of the scene stays
-        item = _Item(role, count[1], count[1] + len(fc), _material(rng, scale, solid="textures" in off), smooth,
+        solid = "textures" in off or (role == "object" and "object_texture" in off)
+        item = _Item(role, count[1], count[1] + len(fc), _material(rng, scale, solid=solid), smooth,
                      specular=rng.uniform(0.0, 0.5), shininess=rng.uniform(5, 60))
         if not keep:
             return

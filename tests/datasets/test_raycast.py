@@ -74,7 +74,7 @@ def test_deterministic_per_seed_and_index():
     assert not torch.equal(a[0]["image"], c[0]["image"])
 
 
-@pytest.mark.parametrize("effect", ["shadows", "textures", "supersampling", "gamma", "noise"])
+@pytest.mark.parametrize("effect", ["shadows", "textures", "object_texture", "supersampling", "gamma", "noise"])
 def test_an_effect_switched_off_leaves_the_rest_of_the_scene(samples, effect):
     base = samples[2][0]
     [other] = rc.raycast_samples(CHAIR, 1, 2, SIZE, seed=5, off=[effect])
