@@ -13,7 +13,7 @@ Every process first builds its shape pool and occluder sprites
 (``SyntheticDataset.preload(sprites=True)``: the steady state of a long run) and renders a few
 samples; then distinct, unseen indices are timed (caches of occluder sprites cannot help).
 
-    .venv/bin/python benchmarks/bench_data.py [--n 200] [--workers 2] [--sizes 128 256] [--lighting full]
+    .venv/bin/python benchmarks/bench_data.py [--n 200] [--workers 2] [--sizes 128 256] [--lighting full] [--room-probability P]
 """
 
 from __future__ import annotations
@@ -106,16 +106,23 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     p.add_argument("--lighting", choices=LIGHTINGS, default=SyntheticConfig.lighting,
                    help="SyntheticConfig.lighting of the renders ('full': highlights, shadows, gamma)")
+    p.add_argument("--room-probability", type=float, default=SyntheticConfig.room_probability, metavar="P",
+                   help="SyntheticConfig.room_probability of the renders (a 3D floor and wall)")
     args = p.parse_args()
+    try:
+        SyntheticConfig(room_probability=args.room_probability)
+    except ValueError as error:
+        p.error(str(error))
     tune_cpu_allocator()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, of which a busy-loop check gets "
-          f"{available_cores(args.workers):.1f} now; {args.lighting} lighting; samples/s (higher is better)")
+          f"{available_cores(args.workers):.1f} now; {args.lighting} lighting; rooms in {args.room_probability:.0%}; samples/s (higher is better)")
     print(f"| image | occluders | 1 process, 1 thread | DataLoader, {args.workers} workers, batch {args.batch} |")
     print("| --- | --- | --- | --- |")
     for size in args.sizes:
         for occlusion, label in ((0, "none"), (2, "level 2 (40-60 %)")):
-            config = SyntheticConfig(image_size=(size, size), occlusion=occlusion, lighting=args.lighting)
+            config = SyntheticConfig(image_size=(size, size), occlusion=occlusion, lighting=args.lighting,
+                                     room_probability=args.room_probability)
             single = rate_single(config, args.n, args.warm)
             multi = rate_loader(config, args.n, args.warm, args.workers, args.batch)
             print(f"| {size}x{size} | {label} | {single:.1f} | {multi:.1f} |", flush=True)

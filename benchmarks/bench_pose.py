@@ -40,7 +40,7 @@ much the features depend on where the crop puts the object.
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
         [--center-jitter 0.04] [--center-on object|box]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
-        [--finetune-lighting full]] [--lighting full]
+        [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast [--raycast-off EFFECT ...]]
         [--crop-shifts PX ...]
@@ -376,6 +376,12 @@ def main(argv=None) -> int:
     p.add_argument("--lighting", choices=LIGHTINGS, default=BuildConfig.lighting,
                    help="how the training renders are lit: Lambert only, or also highlights, self- and floor "
                         "shadows and a light-term gamma (BuildConfig.lighting)")
+    p.add_argument("--room-probability", type=float, default=BuildConfig.room_probability, metavar="P",
+                   help="chance of a 3D floor and wall around the object in a training render "
+                        "(BuildConfig.room_probability)")
+    p.add_argument("--finetune-room-probability", type=float, metavar="P",
+                   help="room_probability of the fine-tuning renders (BuildConfig.finetune_room_probability; "
+                        "default: the first stage's)")
     p.add_argument("--finetune-lighting", choices=LIGHTINGS,
                    help="lighting of the fine-tuning renders (BuildConfig.finetune_lighting; default: the "
                         "first stage's)")
@@ -437,7 +443,8 @@ def main(argv=None) -> int:
                             center_on=args.center_on, finetune_steps=args.finetune_steps,
                             finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
                             finetune_center_jitter=args.finetune_center_jitter, lighting=args.lighting,
-                            finetune_lighting=args.finetune_lighting)
+                            finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
+                            finetune_room_probability=args.finetune_room_probability)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -458,7 +465,9 @@ def main(argv=None) -> int:
                          "finetune_steps": build.finetune_steps, "finetune_occlusion": list(build.finetune_occlusion),
                          "finetune_lr": build.finetune_lr,
                          "finetune_center_jitter": build.finetune_center_jitter,
-                         "lighting": build.lighting, "finetune_lighting": build.finetune_lighting, "n": args.n,
+                         "lighting": build.lighting, "finetune_lighting": build.finetune_lighting,
+                         "room_probability": build.room_probability,
+                         "finetune_room_probability": build.finetune_room_probability, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
                          "raycast_off": args.raycast_off, "device": str(device), "levels": {}}
@@ -504,6 +513,8 @@ def main(argv=None) -> int:
         occluders += f"{',' if occluders else ''} renders centred on the 2D box"
     if build.lighting != "lambert":
         occluders += f"{',' if occluders else ''} {build.lighting} lighting"
+    if build.room_probability:
+        occluders += f"{',' if occluders else ''} rooms in {build.room_probability:.0%}"
     if build.finetune_steps:
         low, high = build.finetune_occlusion
         occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"
@@ -511,6 +522,8 @@ def main(argv=None) -> int:
             occluders += f" with centre jitter {build.finetune_center_jitter:g}"
         if build.finetune_lighting is not None:
             occluders += f" and {build.finetune_lighting} lighting"
+        if build.finetune_room_probability is not None:
+            occluders += f" and rooms in {build.finetune_room_probability:.0%}"
     changed = ", ".join(f"{k}={v}" for k, v in fit_changes(fit_config).items() if k not in ("loss", "polish"))
     print(f"\nPose accuracy on held-out {drawn} of {mesh.name} ({args.n} images per level, "
           f"{steps} training steps{occluders}, {args.loss} loss{', ' + changed if changed else ''}, {where}"

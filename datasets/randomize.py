@@ -83,6 +83,9 @@ __all__ = [
     "sample_shading",
     "apply_shading",
     "floor_shadow",
+    "RoomParams",
+    "sample_room",
+    "apply_room",
     "shadow_maps",
     "sample_photometric",
     "apply_photometric",
@@ -808,6 +811,154 @@ def floor_shadow(
     out = ones.clone()
     out[hits] = 1.0 - shading.floor_shadow * (1.0 - lit)
     return out
+
+
+# --------------------------------------------------------------------------- rooms
+
+
+@dataclass(frozen=True)
+class RoomParams:
+    """A floor and a wall around the object, in 3D (see :func:`apply_room`).
+
+    Procedural 2D backgrounds never show what photos of objects usually do: a floor
+    receding to a horizon and a wall behind, their patterns foreshortened by perspective.
+    Here they are planes in the object's frame (+y up), seen through the sample's camera.
+
+    Attributes:
+        floor: a floor through the object's lowest point, normal to +y (shown when the
+            camera is above it).
+        wall: a vertical wall behind the object.
+        wall_distance: the wall's distance from the object's origin (object units).
+        wall_yaw: the wall's turn about +y away from facing the camera, radians.
+        floor_material, wall_material: their colours and solid patterns
+            (:class:`AppearanceParams` of one part; ``pattern_scale`` in object units).
+    """
+
+    floor: bool = True
+    wall: bool = True
+    wall_distance: float = 4.0
+    wall_yaw: float = 0.0
+    floor_material: AppearanceParams = AppearanceParams(part_colors=((0.5, 0.5, 0.5),))
+    wall_material: AppearanceParams = AppearanceParams(part_colors=((0.7, 0.7, 0.7),))
+
+    def __post_init__(self):
+        if not (math.isfinite(self.wall_distance) and self.wall_distance > 0):
+            raise ValueError(f"RoomParams.wall_distance: expected a distance > 0, got {self.wall_distance!r}")
+
+
+def _room_material(g: torch.Generator) -> AppearanceParams:
+    pattern = PATTERNS[1 + _randint(g, len(PATTERNS) - 1)] if _uniform(g, 0.0, 1.0) < 0.75 else "none"
+    return AppearanceParams(
+        part_colors=(_color(g),),
+        pattern=pattern,
+        pattern_color=_color(g),
+        pattern_scale=math.exp(_uniform(g, math.log(0.15), math.log(2.5))),
+        pattern_strength=_uniform(g, 0.4, 1.0),
+        pattern_axis=_unit_vector(g),
+        seed=_subseed(g),
+    )
+
+
+def sample_room(generator: torch.Generator) -> RoomParams:
+    """Draw a :class:`RoomParams`: a floor and a wall each 80 % of the time, the wall 2 to
+    8 units behind the object and turned up to 35 degrees, patterned (75 %) materials."""
+    _check_generator(generator)
+    g = generator
+    floor, wall = _uniform(g, 0.0, 1.0) < 0.8, _uniform(g, 0.0, 1.0) < 0.8
+    return RoomParams(floor=floor, wall=wall, wall_distance=_uniform(g, 2.0, 8.0),
+                      wall_yaw=_uniform(g, -0.6, 0.6), floor_material=_room_material(g),
+                      wall_material=_room_material(g))
+
+
+def _material_albedo(material: AppearanceParams, points: torch.Tensor) -> torch.Tensor:
+    """Albedo ``(N, 3)`` of a one-part material at object-frame ``points (N, 3)``."""
+    albedo = torch.tensor(material.part_colors[0], dtype=points.dtype).expand(len(points), 3)
+    if material.pattern == "none" or material.pattern_strength == 0:
+        return albedo
+    weight = (_solid_pattern(material, points) * material.pattern_strength).unsqueeze(-1)
+    return albedo + weight * (torch.tensor(material.pattern_color, dtype=points.dtype) - albedo)
+
+
+def apply_room(
+    room: RoomParams,
+    light: DirectionalLight,
+    floor_y: float,
+    K: torch.Tensor,
+    R: torch.Tensor,
+    t: torch.Tensor,
+    image_size: tuple[int, int],
+    samples: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray-trace the room's planes: their Lambert-lit colour and the pixels they cover.
+
+    Each pixel's ``samples x samples`` rays meet the floor (``y = floor_y`` in the object
+    frame, when the camera is above it) and the wall (a vertical plane ``wall_distance``
+    behind the object's origin, facing the camera's horizontal viewing direction turned
+    by ``wall_yaw``); the nearer hit in front of the camera counts. Its albedo is the
+    plane's material at the hit point (object frame), lit by ``light`` like the object
+    (:func:`apply_lighting`).
+
+    Args:
+        room: the planes and their materials.
+        light: the scene's light (camera frame).
+        floor_y: height of the floor in the object frame (the object's lowest point).
+        K, R, t: the camera (``X_cam = R @ X + t``).
+        image_size: ``(H, W)``.
+        samples: rays per pixel side (anti-aliasing).
+
+    Returns:
+        ``rgb (3, H, W)`` (the pixels' covered share of it) and ``coverage (H, W)`` in
+        [0, 1], float32: composite as ``rgb + (1 - coverage) * background``.
+    """
+    h, w = check_image_size(image_size)
+    if samples < 1:
+        raise ValueError(f"samples: expected >= 1, got {samples}")
+    R, t, K = R.to(torch.float32), t.to(torch.float32), K.to(torch.float32)
+    s = int(samples)
+    offs = (torch.arange(s, dtype=torch.float32) + 0.5) / s - 0.5
+    v = (torch.arange(h, dtype=torch.float32)[:, None] + offs[None]).reshape(-1)
+    u = (torch.arange(w, dtype=torch.float32)[:, None] + offs[None]).reshape(-1)
+    vv, uu = torch.meshgrid(v, u, indexing="ij")  # (H*s, W*s)
+    rays = torch.stack([uu, vv, torch.ones_like(uu)], -1) @ torch.linalg.inv(K).T  # camera frame, z = 1
+    depth = torch.full(rays.shape[:2], math.inf)
+    which = torch.full(rays.shape[:2], -1, dtype=torch.long)
+    planes = []  # (normal towards the camera, material), camera frame
+    if room.floor:
+        normal = R[:, 1]
+        offset = float(normal @ (R[:, 1] * floor_y + t))  # the floor: n . X = offset
+        if offset < 0:  # the camera above it
+            planes.append((normal, offset, room.floor_material))
+    if room.wall:
+        camera = -R.T @ t  # object frame
+        ahead = torch.tensor([-float(camera[0]), 0.0, -float(camera[2])])
+        if float(ahead.norm()) < 1e-6:  # looking straight down
+            ahead = torch.tensor([0.0, 0.0, -1.0])
+        ahead = ahead / ahead.norm()
+        c, sn = math.cos(room.wall_yaw), math.sin(room.wall_yaw)
+        back = torch.tensor([c * float(ahead[0]) + sn * float(ahead[2]), 0.0,
+                             -sn * float(ahead[0]) + c * float(ahead[2])])
+        back_cam = R @ back
+        # the wall: back . X_obj = distance, i.e. back_cam . X = distance - back . camera
+        planes.append((-back_cam, -(room.wall_distance - float(back @ camera)), room.wall_material))
+    for k, (normal, offset, _) in enumerate(planes):
+        along = rays @ normal
+        hit_depth = offset / torch.where(along < -1e-9, along, torch.full_like(along, -1e-9))
+        hit = (along < -1e-9) & (hit_depth > 0) & (hit_depth < depth)
+        depth = torch.where(hit, hit_depth, depth)
+        which = torch.where(hit, torch.full_like(which, k), which)
+    rgb = torch.zeros(*rays.shape[:2], 3)
+    toward = -torch.tensor(light.unit_direction(), dtype=torch.float32)
+    colour = torch.tensor(light.color, dtype=torch.float32)
+    for k, (normal, _, material) in enumerate(planes):
+        sel = which == k
+        if not bool(sel.any()):
+            continue
+        points = (rays[sel] * depth[sel].unsqueeze(-1) - t) @ R  # object frame: R^T (X - t)
+        lambert = light.ambient + light.diffuse * max(0.0, float(normal @ toward))
+        rgb[sel] = (_material_albedo(material, points) * lambert * colour).clamp(0.0, 1.0)
+    covered = (which >= 0).to(torch.float32)
+    pool = lambda x: F.avg_pool2d(x[None], s)[0]  # noqa: E731
+    return pool(rgb.permute(2, 0, 1)), pool(covered[None])[0]
 
 
 # --------------------------------------------------------------------------- photometric

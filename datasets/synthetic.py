@@ -141,6 +141,7 @@ VIEW_DISTANCE = 3.0
 LIGHTINGS = ("lambert", "full")
 #: salt of the seed of :attr:`SceneParams.shading`'s own random stream
 _SHADING_STREAM = 0x5AD1
+_ROOM_STREAM = 0x2001
 
 _MASK64 = (1 << 64) - 1
 
@@ -200,6 +201,10 @@ class SyntheticConfig:
             per image: :func:`datasets.randomize.sample_shading`; slower to render). The
             effects come from a random stream of their own: every other choice of a sample
             (pose, colours, occluders...) is the same under both.
+        room_probability: chance that a floor and a wall stand around the object in 3D,
+            in front of the procedural background (:func:`datasets.randomize.sample_room`,
+            :func:`datasets.randomize.apply_room`): a horizon, foreshortened patterns.
+            Drawn from a random stream of its own, like ``lighting``'s effects.
         points: number of surface points in ``points`` (0: key absent).
         vertex_projections: add ``vertex_uv`` and ``vertex_visible``.
         neural_mesh_verts: vertex target of the neural-mesh surface.
@@ -232,6 +237,7 @@ class SyntheticConfig:
     mesh_color_probability: float = 0.2
     photometric: bool = True
     lighting: str = "lambert"
+    room_probability: float = 0.0
     points: int = 0
     vertex_projections: bool = False
     neural_mesh_verts: int = 1000
@@ -289,7 +295,7 @@ class SyntheticConfig:
             put("occlusion", int(occ))
         else:
             put("occlusion", _range("occlusion", occ, 0.0, 1.0))
-        for name in ("occluder_shape_probability", "photo_probability", "mesh_color_probability"):
+        for name in ("occluder_shape_probability", "photo_probability", "mesh_color_probability", "room_probability"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"SyntheticConfig.{name}: expected a probability in [0, 1], got {getattr(self, name)}")
         if int(self.max_occluders) < 1:
@@ -342,9 +348,9 @@ class SceneParams:
         azimuth, elevation, theta, distance: the viewpoint (radians; object units).
         focal: focal length, pixels.
         principal_point: ``(cx, cy)``, pixels.
-        appearance, light, background, photometric, shading: see
+        appearance, light, background, photometric, shading, room: see
             :mod:`datasets.randomize` (``photometric`` None when disabled, ``shading``
-            None under Lambert lighting).
+            None under Lambert lighting, ``room`` None without a floor and wall).
         occluders: the occluders, in paste order.
     """
 
@@ -363,6 +369,7 @@ class SceneParams:
     photometric: rz.PhotometricParams | None
     occluders: tuple = ()
     shading: rz.ShadingParams | None = None
+    room: rz.RoomParams | None = None
 
 
 def index_generator(seed: int, index: int) -> torch.Generator:
@@ -628,10 +635,15 @@ class SyntheticDataset(torch.utils.data.Dataset):
         photometric = rz.sample_photometric(g) if cfg.photometric else None
         # from a stream of its own, so that "full" lighting leaves every other choice as it is
         shading = rz.sample_shading(index_generator(self.seed ^ _SHADING_STREAM, index)) if cfg.lighting == "full" else None
+        room = None
+        if cfg.room_probability > 0:
+            rg = index_generator(self.seed ^ _ROOM_STREAM, index)
+            if rz._uniform(rg, 0.0, 1.0) < cfg.room_probability:
+                room = rz.sample_room(rg)
         return SceneParams(
             index=index, category=category, mesh_key=mesh_key, azimuth=azimuth, elevation=elevation,
             theta=theta, distance=distance, focal=focal, principal_point=(cx, cy), appearance=appearance,
-            light=light, background=background, photometric=photometric, shading=shading,
+            light=light, background=background, photometric=photometric, shading=shading, room=room,
         )
 
     def camera(self, scene: SceneParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -690,6 +702,10 @@ class SyntheticDataset(torch.utils.data.Dataset):
         mask = frags.mask[0]
         albedo = rz.apply_appearance(scene.appearance, frags, mesh.faces, mesh.verts, shape.part_ids, mesh.vertex_colors)
         background = rz.apply_background(scene.background, cfg.image_size)
+        if scene.room is not None:
+            floor_y = float(mesh.verts[:, 1].min())
+            room, covered = rz.apply_room(scene.room, scene.light, floor_y, K, R, t, cfg.image_size)
+            background = room + (1.0 - covered) * background
         if scene.shading is None:
             rgb = rz.apply_lighting(scene.light, frags, mesh.faces, verts_cam, albedo)[0]
         else:
@@ -1054,6 +1070,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lighting", choices=LIGHTINGS, default=SyntheticConfig.lighting,
                    help="Lambert shading, or also highlights, self- and floor shadows and a light-term gamma "
                         "(SyntheticConfig.lighting)")
+    p.add_argument("--room-probability", type=float, default=SyntheticConfig.room_probability, metavar="P",
+                   help="chance of a 3D floor and wall around the object (SyntheticConfig.room_probability)")
 
 
 def _config(args, size, occlusion) -> SyntheticConfig:
@@ -1065,6 +1083,7 @@ def _config(args, size, occlusion) -> SyntheticConfig:
         occlusion=occlusion,
         background_dir=args.backgrounds,
         lighting=args.lighting,
+        room_probability=args.room_probability,
     )
 
 

@@ -181,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
                      help="how the training renders are lit when building a model: Lambert shading only "
                           "(default), or also highlights, self- and floor shadows and a gamma on the light term "
                           "(nearer to photos; slower renders)")
+    adv.add_argument("--build-room-probability", type=_number, metavar="P",
+                     help="chance of a 3D floor and wall around the object in a training render when building a "
+                          "model (default 0: procedural backgrounds only)")
     adv.add_argument("--build-finetune-steps", type=non_negative_int, metavar="N",
                      help="then fine-tune the built model for N more steps on renders with "
                           "--build-finetune-occlusion (default 0: no such stage)")
@@ -194,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
                           f"the image size (default: the first stage's, {BuildConfig.center_jitter:g})")
     adv.add_argument("--build-finetune-lighting", choices=LIGHTINGS,
                      help="lighting of the fine-tuning renders (default: the first stage's)")
+    adv.add_argument("--build-finetune-room-probability", type=_number, metavar="P",
+                     help="chance of a 3D floor and wall in a fine-tuning render (default: the first stage's)")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--resume", action="store_true",
@@ -302,7 +307,7 @@ def gather(args: argparse.Namespace) -> Job:
                 raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
     if not args.build_finetune_steps:
         for flag in ("build_finetune_occlusion", "build_finetune_lr", "build_finetune_center_jitter",
-                     "build_finetune_lighting"):
+                     "build_finetune_lighting", "build_finetune_room_probability"):
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')}: only with --build-finetune-steps N (N > 0)")
     if args.K is not None:
@@ -342,6 +347,8 @@ BUILD_FLAGS = {
     "build_finetune_center_jitter": "finetune_center_jitter",
     "build_lighting": "lighting",
     "build_finetune_lighting": "finetune_lighting",
+    "build_room_probability": "room_probability",
+    "build_finetune_room_probability": "finetune_room_probability",
 }
 
 

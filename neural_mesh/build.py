@@ -96,6 +96,8 @@ class BuildConfig:
             gamma on the light term; about half the engine's samples per second,
             ``benchmarks/bench_data.py --lighting full``). Measured no better on another
             renderer's images (docs/pose_results.md).
+        room_probability: chance of a 3D floor and wall around the object in a training
+            render (:attr:`datasets.synthetic.SyntheticConfig.room_probability`).
         seed: seed of the weights, the banks and the renders.
         finetune_steps: after the build above (cached as a model of its own), go on
             training its backbone and neural mesh for this many steps on new renders (0:
@@ -109,11 +111,14 @@ class BuildConfig:
             object lands in the crop.
         finetune_lighting: ``lighting`` of the fine-tuning renders (``None``: the first
             stage's).
+        finetune_room_probability: ``room_probability`` of the fine-tuning renders
+            (``None``: the first stage's).
 
     The fine-tuning fields enter :meth:`to_dict` (and the cache key) only when
-    ``finetune_steps > 0``, ``finetune_center_jitter`` and ``finetune_lighting`` only
-    when they are set, ``center_on`` only when it is ``"box"`` and ``lighting`` only
-    when it is ``"full"``, so the keys of builds without them do not change.
+    ``finetune_steps > 0``, ``finetune_center_jitter``, ``finetune_lighting`` and
+    ``finetune_room_probability`` only when they are set, ``center_on`` only when it
+    is ``"box"``, ``lighting`` only when it is ``"full"`` and ``room_probability`` only
+    when it is not 0, so the keys of builds without them do not change.
     """
 
     steps: int = 1000
@@ -130,16 +135,18 @@ class BuildConfig:
     center_on: str = "object"
     occlusion: tuple[float, float] = (0.0, 0.0)
     lighting: str = "lambert"
+    room_probability: float = 0.0
     seed: int = 0
     finetune_steps: int = 0
     finetune_occlusion: tuple[float, float] = (0.0, 0.0)
     finetune_lr: float = 1e-4
     finetune_center_jitter: float | None = None
     finetune_lighting: str | None = None
+    finetune_room_probability: float | None = None
 
     #: the fields of the fine-tuning stage (not part of the first stage's build)
     FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr", "finetune_center_jitter",
-                       "finetune_lighting")
+                       "finetune_lighting", "finetune_room_probability")
 
     def __post_init__(self) -> None:
         check_int_fields("BuildConfig", self, (
@@ -162,6 +169,12 @@ class BuildConfig:
             value = getattr(self, name)
             if not (value in LIGHTINGS or (value is None and name == "finetune_lighting")):
                 raise ValueError(f"BuildConfig.{name}: expected one of {list(LIGHTINGS)}, got {value!r}")
+        for name in ("room_probability", "finetune_room_probability"):
+            value = getattr(self, name)
+            if value is None and name == "finetune_room_probability":
+                continue
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0):
+                raise ValueError(f"BuildConfig.{name}: expected a probability in [0, 1], got {value!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"BuildConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
@@ -189,13 +202,15 @@ class BuildConfig:
             for name in self.FINETUNE_FIELDS:
                 del data[name]
         else:
-            for name in ("finetune_center_jitter", "finetune_lighting"):
+            for name in ("finetune_center_jitter", "finetune_lighting", "finetune_room_probability"):
                 if data[name] is None:
                     del data[name]
         if self.center_on == "object":
             del data["center_on"]
         if self.lighting == "lambert":
             del data["lighting"]
+        if self.room_probability == 0:
+            del data["room_probability"]
         return data
 
     def first_stage(self) -> BuildConfig:
@@ -214,6 +229,9 @@ class BuildConfig:
         if tune and self.finetune_center_jitter is not None:
             jitter = self.finetune_center_jitter
         lighting = self.finetune_lighting if tune and self.finetune_lighting is not None else self.lighting
+        room = self.room_probability
+        if tune and self.finetune_room_probability is not None:
+            room = self.finetune_room_probability
         return TrainConfig(
             backbone=dataclasses.replace(PRESETS[self.backbone], output_stride=self.output_stride),
             data=synthetic_data(size, mesh=mesh_path, seed=self.seed + 1 if tune else self.seed,
@@ -221,6 +239,7 @@ class BuildConfig:
                                        "center_jitter": jitter,
                                        "center_on": self.center_on,
                                        "lighting": lighting,
+                                       "room_probability": float(room),
                                        "occlusion": self.finetune_occlusion if tune else self.occlusion}),
             steps=steps,
             batch_size=self.batch_size,

@@ -289,6 +289,24 @@ def test_bench_pose_rejects_a_bad_occlusion_range(capsys):
     assert "occlusion" in capsys.readouterr().err
 
 
+def test_bench_pose_passes_the_room_probabilities_to_the_build(tmp_path, capsys, monkeypatch):
+    bench = load_bench()
+    seen = []
+
+    def fake_build(mesh, config, cache_dir=None, device="cpu"):
+        seen.append(config)
+        raise SystemExit(0)  # stop before training
+
+    monkeypatch.setattr(bench, "build_model", fake_build)
+    with pytest.raises(SystemExit):
+        bench.main(["--steps", "5", "--room-probability", "0.2", "--finetune-steps", "3",
+                    "--finetune-room-probability", "0.5", "--no-regression", "--cache", str(tmp_path)])
+    assert (seen[0].room_probability, seen[0].finetune_room_probability) == (0.2, 0.5)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--room-probability", "1.5", "--no-regression", "--n", "1"])
+    assert stop.value.code == 2 and "room_probability" in capsys.readouterr().err
+
+
 def test_bench_pose_passes_the_centre_jitters_to_the_build(tmp_path, capsys, monkeypatch):
     bench = load_bench()
     seen = []

@@ -205,6 +205,97 @@ def test_floor_shadow_darkens_the_ground_below_the_object_only():
     assert bool((low == 1).all())
 
 
+def _room_reference(room, light, floor_y, K, R, t, size):
+    """What apply_room should draw with one ray per pixel, traced here in the object frame
+    in float64: (H, W, 3) colours and (H, W) coverage."""
+    K, R, t = K.double().numpy(), R.double().numpy(), t.double().numpy()
+    h, w = size
+    v, u = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    dirs = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3).astype(float) @ np.linalg.inv(K).T @ R  # R^T d
+    origin = -R.T @ t
+    ahead = -np.array([origin[0], 0.0, origin[2]])
+    ahead /= np.linalg.norm(ahead)
+    c, s = np.cos(room.wall_yaw), np.sin(room.wall_yaw)
+    back = np.array([c * ahead[0] + s * ahead[2], 0.0, -s * ahead[0] + c * ahead[2]])
+    hits = []  # (distance along the ray, object-frame normal, material)
+    if room.floor and origin[1] > floor_y:
+        hits.append(((floor_y - origin[1]) / dirs[:, 1], np.array([0.0, 1.0, 0.0]), room.floor_material))
+    if room.wall:
+        hits.append(((room.wall_distance - origin @ back) / (dirs @ back), -back, room.wall_material))
+    best = np.full(len(dirs), np.inf)
+    owner = np.full(len(dirs), -1)
+    for k, (dist, _, _) in enumerate(hits):
+        ok = (dist > 0) & (dist < best)
+        best[ok], owner[ok] = dist[ok], k
+    rgb = np.zeros((len(dirs), 3))
+    toward = -np.array(light.unit_direction())
+    for k, (_, normal, material) in enumerate(hits):
+        sel = owner == k
+        points = origin + dirs[sel] * best[sel, None]
+        albedo = np.array(material.part_colors[0]) + (
+            rz._solid_pattern(material, torch.from_numpy(points)).numpy()[:, None] * material.pattern_strength
+        ) * (np.array(material.pattern_color) - np.array(material.part_colors[0]))
+        lambert = light.ambient + light.diffuse * max(0.0, float((R @ normal) @ toward))
+        rgb[sel] = np.clip(albedo * lambert * np.array(light.color), 0, 1)
+    return rgb.reshape(h, w, 3), (owner >= 0).reshape(h, w)
+
+
+@pytest.mark.parametrize("elevation, yaw, floor, wall", [(0.5, 0.4, True, True), (0.3, -0.5, True, False),
+                                                         (-0.6, 0.2, True, True), (0.2, 0.0, False, True)])
+def test_room_planes_are_where_the_geometry_puts_them(elevation, yaw, floor, wall):
+    size = (40, 48)
+    K = default_intrinsics(size)
+    R, t = angles_to_pose(0.7, elevation, 0.1, 4.0)
+    R, t = R.float(), t.float()
+    material = rz.AppearanceParams(part_colors=((0.8, 0.3, 0.2),), pattern="checkers", pattern_color=(0.1, 0.6, 0.9),
+                                   pattern_scale=0.5, pattern_strength=1.0)
+    room = rz.RoomParams(floor=floor, wall=wall, wall_distance=3.0, wall_yaw=yaw, floor_material=material,
+                         wall_material=dataclasses.replace(material, pattern="stripes", pattern_scale=0.7))
+    light = DirectionalLight(direction=(0.3, 0.8, 0.6), ambient=0.3, diffuse=0.6, color=(1.0, 0.9, 0.8))
+    rgb, covered = rz.apply_room(room, light, -0.6, K, R, t, size, samples=1)
+    want_rgb, want_covered = _room_reference(room, light, -0.6, K, R, t, size)
+    assert rgb.shape == (3, *size) and covered.shape == size
+    assert torch.equal(covered.bool(), torch.from_numpy(want_covered))
+    # the same colours, but for a few pixels on a pattern's edge (float32 vs float64 hits)
+    close = np.abs(rgb.permute(1, 2, 0).numpy() - want_rgb).max(-1) < 1e-4
+    assert close.mean() > 0.97
+    if elevation < 0:  # the camera under the floor: only the wall shows
+        assert torch.equal(covered, rz.apply_room(dataclasses.replace(room, floor=False), light, -0.6, K, R, t, size,
+                                                  samples=1)[1])
+    if floor and not wall:  # a (slightly tilted) horizon: mostly sky above, floor below
+        assert float(covered[0].mean()) < 0.5 and float(covered[-1].mean()) == 1.0
+    if wall and not floor:  # a wall behind the object fills the view
+        assert float(covered.mean()) == 1.0
+
+
+def test_room_supersampling_blends_the_horizon_and_keeps_the_rest():
+    size = (40, 40)
+    K = default_intrinsics(size)
+    R, t = angles_to_pose(0.0, 0.3, 0.0, 4.0)
+    room = rz.RoomParams(wall=False)
+    light = DirectionalLight()
+    rgb1, cov1 = rz.apply_room(room, light, -0.6, K, R.float(), t.float(), size, samples=1)
+    rgb4, cov4 = rz.apply_room(room, light, -0.6, K, R.float(), t.float(), size, samples=4)
+    partial = (cov4 > 0) & (cov4 < 1)
+    assert 0 < int(partial.sum()) <= 2 * size[1]  # one row of mixed pixels, the horizon's
+    assert torch.allclose(cov4[~partial], cov1[~partial])
+    full = cov4 == 1
+    assert torch.allclose(rgb4[:, full], rgb1[:, full], atol=1e-5)  # a plain floor: one colour
+    with pytest.raises(ValueError, match="samples"):
+        rz.apply_room(room, light, -0.6, K, R.float(), t.float(), size, samples=0)
+
+
+def test_sample_room_is_valid_replayable_and_varied():
+    draws = [rz.sample_room(gen(s)) for s in range(60)]
+    assert draws[4] == rz.sample_room(gen(4))
+    assert all(2.0 <= d.wall_distance <= 8.0 and abs(d.wall_yaw) <= 0.6 for d in draws)
+    assert 30 < sum(d.floor for d in draws) < 60 and 30 < sum(d.wall for d in draws) < 60
+    patterns = {d.floor_material.pattern for d in draws} | {d.wall_material.pattern for d in draws}
+    assert patterns == set(rz.PATTERNS)
+    with pytest.raises(ValueError, match="RoomParams.wall_distance"):
+        rz.RoomParams(wall_distance=0.0)
+
+
 def test_sample_shading_is_valid_replayable_and_varied():
     draws = [rz.sample_shading(gen(s)) for s in range(40)]
     assert draws[3] == rz.sample_shading(gen(3))

@@ -390,11 +390,11 @@ def test_export_with_worker_processes(tmp_path):
 def test_cli_export_and_contact_sheet(tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["--out", str(out), "--n", "2", "--size", "32", "--categories", "mug", "--occlusion-level", "1",
-                 "--shapes-per-category", "1", "--no-progress", "--lighting", "full"])
+                 "--shapes-per-category", "1", "--no-progress", "--lighting", "full", "--room-probability", "1"])
     assert code == 0
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
     config = json.loads((out / "config.json").read_text())["config"]
-    assert config["occlusion"] == 1 and config["lighting"] == "full"
+    assert config["occlusion"] == 1 and config["lighting"] == "full" and config["room_probability"] == 1.0
     sheet = tmp_path / "sheet.png"
     code = main(["contact-sheet", "--out", str(sheet), "--size", "24", "--categories", "car", "mug",
                  "--levels", "0", "2", "--per-level", "1", "--shapes-per-category", "1"])
@@ -412,6 +412,7 @@ def test_cli_export_and_contact_sheet(tmp_path, capsys):
         (["--n", "2", "--categories", "spaceship"], "spaceship"),
         (["--n", "2", "--occlusion-level", "7"], "--occlusion-level"),
         (["--n", "2", "--lighting", "phong"], "--lighting"),
+        (["--n", "2", "--room-probability", "2"], "room_probability"),
     ],
 )
 def test_cli_bad_numbers_exit_2_with_one_line(tmp_path, capsys, args, match):
@@ -451,6 +452,28 @@ def test_center_on_box_puts_the_2d_box_centre_where_object_puts_the_object_centr
     assert max(gaps) > 1.5  # "object" leaves the box off centre in some views
     with pytest.raises(ValueError, match="center_on"):
         config(center_on="middle")
+
+
+def test_rooms_change_only_the_background():
+    # the same scenes (poses, object pixels, occluders), in front of a floor and a wall
+    plain = SyntheticDataset(config(occlusion=1, photometric=False), seed=2, length=6)
+    rooms = SyntheticDataset(config(occlusion=1, photometric=False, room_probability=1.0), seed=2, length=6)
+    for i in range(6):
+        a, b = plain[i], rooms[i]
+        for key in ("R", "t", "K", "mask", "occluder_mask", "bbox"):
+            assert torch.equal(a[key], b[key]), key
+        assert plain.sample_params(i).room is None and isinstance(rooms.sample_params(i).room, rz.RoomParams)
+        shown = a["mask"] & ~a["occluder_mask"]
+        assert torch.equal(a["image"][:, shown], b["image"][:, shown])
+        assert_same(b, rooms[i])  # replayable
+    # a floor or a wall covers part of the background in nearly every room
+    behind = [~(plain[i]["mask"] | plain[i]["occluder_mask"]) for i in range(6)]
+    changed = [float((plain[i]["image"] != rooms[i]["image"]).any(0)[behind[i]].float().mean()) for i in range(6)]
+    assert sum(c > 0.2 for c in changed) >= 4
+    some = SyntheticDataset(config(room_probability=0.5), seed=2, length=40)
+    assert 8 < sum(some.sample_params(i).room is not None for i in range(40)) < 32
+    with pytest.raises(ValueError, match="room_probability"):
+        config(room_probability=1.5)
 
 
 def test_full_lighting_changes_only_the_shading():

@@ -297,19 +297,21 @@ def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path)
     monkeypatch.setattr(fp, "build_model", fake_build)
     with pytest.raises(SystemExit):
         fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-steps", "12000",
-                 "--build-occlusion", "0", "0.5", "--build-size", "96", "--build-lighting", "full"])
+                 "--build-occlusion", "0", "0.5", "--build-size", "96", "--build-lighting", "full",
+                 "--build-room-probability", "0.25"])
     assert seen[0].steps == 12000 and seen[0].occlusion == (0.0, 0.5) and seen[0].image_size == 96
-    assert seen[0].finetune_steps == 0 and seen[0].lighting == "full"
+    assert seen[0].finetune_steps == 0 and seen[0].lighting == "full" and seen[0].room_probability == 0.25
     assert "12000 training steps on 96 x 96 renders" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-steps", "24000",
                  "--build-finetune-steps", "4000", "--build-finetune-occlusion", "0.2", "0.7",
                  "--build-finetune-lr", "3e-5", "--build-finetune-center-jitter", "0.12",
-                 "--build-finetune-lighting", "full"])
+                 "--build-finetune-lighting", "full", "--build-finetune-room-probability", "0.5"])
     tuned = seen[1]
     assert (tuned.steps, tuned.finetune_steps, tuned.finetune_occlusion, tuned.finetune_lr,
             tuned.finetune_center_jitter) == (24000, 4000, (0.2, 0.7), 3e-5, 0.12)
     assert tuned.lighting == "lambert" and tuned.finetune_lighting == "full"
+    assert tuned.room_probability == 0.0 and tuned.finetune_room_probability == 0.5
     assert "24000 + 4000 fine-tuning training steps" in capsys.readouterr().err
 
 
@@ -346,6 +348,7 @@ BAD_CASES = (
     "image without mesh", "mesh without image", "build option with model", "tiny build size", "build occlusion order",
     "build occlusion with model", "finetune with model", "finetune occlusion without steps",
     "finetune occlusion order", "finetune jitter without steps", "finetune lighting without steps",
+    "finetune rooms without steps", "room probability range",
     "finetune jitter range", "example with K",
     "unknown option",
 )
@@ -402,6 +405,9 @@ def _bad_inputs(tmp: Path, model_dir: Path, shifted: Path) -> dict[str, tuple[li
                                           "--build-finetune-center-jitter"),
         "finetune lighting without steps": ([img, *mesh, "--build-finetune-lighting", "full"],
                                             "--build-finetune-lighting"),
+        "finetune rooms without steps": ([img, *mesh, "--build-finetune-room-probability", "0.5"],
+                                         "--build-finetune-room-probability"),
+        "room probability range": ([img, *mesh, "--build-room-probability", "2"], "--build-room-probability"),
         "finetune jitter range": ([img, *mesh, "--build-finetune-steps", "5", "--build-finetune-center-jitter",
                                    "0.9"], "--build-finetune-center-jitter"),
         "example with K": (["--K", "500", "500", "160", "120"], "--K"),

@@ -386,6 +386,27 @@ def test_lighting_reaches_the_stages_it_names_and_leaves_old_keys_alone(tmp_path
             BuildConfig(**{name: "phong"})
 
 
+def test_rooms_reach_the_stages_they_name_and_leave_old_keys_alone(tmp_path):
+    mesh = tmp_path / "chair.obj"
+    mesh.write_bytes(CHAIR.read_bytes())
+    tuned = replace(TINY, finetune_steps=2, finetune_occlusion=(0.2, 0.7))
+    assert "room_probability" not in TINY.to_dict() and "finetune_room_probability" not in tuned.to_dict()
+    assert TINY.train_config(mesh).data["config"]["room_probability"] == 0.0
+    rooms = replace(TINY, room_probability=0.5)
+    assert rooms.to_dict()["room_probability"] == 0.5 and cache_key(mesh, rooms) != cache_key(mesh, TINY)
+    assert rooms.train_config(mesh).data["config"]["room_probability"] == 0.5
+    assert replace(rooms, finetune_steps=2).train_config(mesh).data["config"]["room_probability"] == 0.5
+    late = replace(tuned, finetune_room_probability=0.3)
+    assert late.to_dict()["finetune_room_probability"] == 0.3 and cache_key(mesh, late) != cache_key(mesh, tuned)
+    assert late.train_config(mesh).data["config"]["room_probability"] == 0.3
+    assert late.first_stage() == TINY and late.first_stage().train_config(mesh).data["config"]["room_probability"] == 0
+    assert replace(TINY, finetune_room_probability=0.3).to_dict() == TINY.to_dict()  # no stage, no change
+    for name in ("room_probability", "finetune_room_probability"):
+        for bad in (-0.1, 1.5, "0.5", True):
+            with pytest.raises(ValueError, match=f"BuildConfig.{name}"):
+                BuildConfig(**{name: bad})
+
+
 def test_a_box_centred_build_makes_a_box_centred_model(tmp_path):
     model = build_model(CHAIR, replace(TINY, center_on="box"), cache_dir=tmp_path / "cache", progress=False)
     assert model.center_on == "box" and model.meta["build_config"]["center_on"] == "box"
