@@ -169,23 +169,23 @@ class BuildConfig:
             value = getattr(self, name)
             if not (value in LIGHTINGS or (value is None and name == "finetune_lighting")):
                 raise ValueError(f"BuildConfig.{name}: expected one of {list(LIGHTINGS)}, got {value!r}")
-        for name in ("room_probability", "finetune_room_probability"):
-            value = getattr(self, name)
-            if value is None and name == "finetune_room_probability":
-                continue
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0):
-                raise ValueError(f"BuildConfig.{name}: expected a probability in [0, 1], got {value!r}")
+        self._up_to("room_probability", 1.0, "a probability in [0, 1]")
+        self._up_to("finetune_room_probability", 1.0, "a probability in [0, 1]", optional=True)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"BuildConfig.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         self._pair("distance_range", lambda a, b: 1.0 < a <= b, "(near, far) with 1 < near <= far")
         self._pair("occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
         self._pair("finetune_occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
-        for name in ("center_jitter", "finetune_center_jitter"):
-            value = getattr(self, name)
-            if value is None and name == "finetune_center_jitter":
-                continue
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 0.5):
-                raise ValueError(f"BuildConfig.{name}: expected a number in [0, 0.5], got {value!r}")
+        self._up_to("center_jitter", 0.5, "a number in [0, 0.5]")
+        self._up_to("finetune_center_jitter", 0.5, "a number in [0, 0.5]", optional=True)
+
+    def _up_to(self, name: str, high: float, words: str, optional: bool = False) -> None:
+        """Check field ``name`` is a number in ``[0, high]`` (or None when ``optional``)."""
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= high):
+            raise ValueError(f"BuildConfig.{name}: expected {words}, got {value!r}")
 
     def _pair(self, name: str, ok, words: str) -> None:
         """Check field ``name`` is two numbers with ``ok(a, b)``; store it as a float tuple."""

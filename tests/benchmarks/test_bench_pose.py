@@ -289,15 +289,21 @@ def test_bench_pose_rejects_a_bad_occlusion_range(capsys):
     assert "occlusion" in capsys.readouterr().err
 
 
-def test_bench_pose_passes_the_room_probabilities_to_the_build(tmp_path, capsys, monkeypatch):
-    bench = load_bench()
+def _record_builds(bench, monkeypatch) -> list:
+    """The BuildConfigs bench.main asks for; each call stops it before training (exit 0)."""
     seen = []
 
     def fake_build(mesh, config, cache_dir=None, device="cpu"):
         seen.append(config)
-        raise SystemExit(0)  # stop before training
+        raise SystemExit(0)
 
     monkeypatch.setattr(bench, "build_model", fake_build)
+    return seen
+
+
+def test_bench_pose_passes_the_room_probabilities_to_the_build(tmp_path, capsys, monkeypatch):
+    bench = load_bench()
+    seen = _record_builds(bench, monkeypatch)
     with pytest.raises(SystemExit):
         bench.main(["--steps", "5", "--room-probability", "0.2", "--finetune-steps", "3",
                     "--finetune-room-probability", "0.5", "--no-regression", "--cache", str(tmp_path)])
@@ -309,13 +315,7 @@ def test_bench_pose_passes_the_room_probabilities_to_the_build(tmp_path, capsys,
 
 def test_bench_pose_passes_the_centre_jitters_to_the_build(tmp_path, capsys, monkeypatch):
     bench = load_bench()
-    seen = []
-
-    def fake_build(mesh, config, cache_dir=None, device="cpu"):
-        seen.append(config)
-        raise SystemExit(0)  # stop before training
-
-    monkeypatch.setattr(bench, "build_model", fake_build)
+    seen = _record_builds(bench, monkeypatch)
     with pytest.raises(SystemExit):
         bench.main(["--steps", "5", "--finetune-steps", "3", "--finetune-center-jitter", "0.12", "--no-regression",
                     "--cache", str(tmp_path)])
