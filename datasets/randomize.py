@@ -757,6 +757,23 @@ def apply_shading(
     return rgb.clamp(0.0, 1.0).permute(0, 3, 1, 2)
 
 
+def _floor_plane(R: torch.Tensor, t: torch.Tensor, floor_y: float) -> tuple[torch.Tensor, float]:
+    """The floor ``y = floor_y`` (object frame) in the camera frame: ``n . X = offset``
+    with ``n`` the object's up axis; the camera (origin) is above it when ``offset < 0``."""
+    normal = R[:, 1]
+    return normal, float(normal @ (normal * floor_y + t))
+
+
+def _pixel_rays(K: torch.Tensor, h: int, w: int, samples: int = 1) -> torch.Tensor:
+    """Camera-frame rays (``z = 1``) through ``samples x samples`` points of every pixel
+    (its centre when 1): ``(H * samples, W * samples, 3)``."""
+    offs = (torch.arange(samples, dtype=torch.float32) + 0.5) / samples - 0.5
+    v = (torch.arange(h, dtype=torch.float32)[:, None] + offs[None]).reshape(-1)
+    u = (torch.arange(w, dtype=torch.float32)[:, None] + offs[None]).reshape(-1)
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack([uu, vv, torch.ones_like(uu)], -1) @ torch.linalg.inv(K.to(torch.float32)).T
+
+
 def floor_shadow(
     light: DirectionalLight,
     shading: ShadingParams,
@@ -793,13 +810,10 @@ def floor_shadow(
         return ones
     verts = verts.to(torch.float32)
     R, t, K = R.to(torch.float32), t.to(torch.float32), K.to(torch.float32)
-    normal = R[:, 1]  # the object's up axis, camera frame
-    anchor = R[:, 1] * float(verts[:, 1].min()) + t  # a point of the floor, camera frame
-    offset = float(normal @ anchor)  # the floor: n . X = offset; the camera (origin) above it when offset < 0
+    normal, offset = _floor_plane(R, t, float(verts[:, 1].min()))
     if offset >= 0:
         return ones
-    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(K).T  # (H, W, 3), z = 1
+    rays = _pixel_rays(K, h, w)
     along = rays @ normal
     hits = along < -1e-6  # rays going down to the floor
     if not bool(hits.any()):
@@ -915,35 +929,27 @@ def apply_room(
         raise ValueError(f"samples: expected >= 1, got {samples}")
     R, t, K = R.to(torch.float32), t.to(torch.float32), K.to(torch.float32)
     s = int(samples)
-    offs = (torch.arange(s, dtype=torch.float32) + 0.5) / s - 0.5
-    v = (torch.arange(h, dtype=torch.float32)[:, None] + offs[None]).reshape(-1)
-    u = (torch.arange(w, dtype=torch.float32)[:, None] + offs[None]).reshape(-1)
-    vv, uu = torch.meshgrid(v, u, indexing="ij")  # (H*s, W*s)
-    rays = torch.stack([uu, vv, torch.ones_like(uu)], -1) @ torch.linalg.inv(K).T  # camera frame, z = 1
+    rays = _pixel_rays(K, h, w, s)  # (H*s, W*s, 3)
     depth = torch.full(rays.shape[:2], math.inf)
     which = torch.full(rays.shape[:2], -1, dtype=torch.long)
-    planes = []  # (normal towards the camera, material), camera frame
+    planes = []  # (normal towards the camera, offset, material): n . X = offset, camera frame
     if room.floor:
-        normal = R[:, 1]
-        offset = float(normal @ (R[:, 1] * floor_y + t))  # the floor: n . X = offset
+        normal, offset = _floor_plane(R, t, floor_y)
         if offset < 0:  # the camera above it
             planes.append((normal, offset, room.floor_material))
     if room.wall:
         camera = -R.T @ t  # object frame
-        ahead = torch.tensor([-float(camera[0]), 0.0, -float(camera[2])])
+        ahead = -camera * torch.tensor([1.0, 0.0, 1.0])  # towards the object, level
         if float(ahead.norm()) < 1e-6:  # looking straight down
             ahead = torch.tensor([0.0, 0.0, -1.0])
-        ahead = ahead / ahead.norm()
         c, sn = math.cos(room.wall_yaw), math.sin(room.wall_yaw)
-        back = torch.tensor([c * float(ahead[0]) + sn * float(ahead[2]), 0.0,
-                             -sn * float(ahead[0]) + c * float(ahead[2])])
-        back_cam = R @ back
-        # the wall: back . X_obj = distance, i.e. back_cam . X = distance - back . camera
-        planes.append((-back_cam, -(room.wall_distance - float(back @ camera)), room.wall_material))
+        back = torch.tensor([[c, 0.0, sn], [0.0, 1.0, 0.0], [-sn, 0.0, c]]) @ (ahead / ahead.norm())
+        # the wall: back . X_obj = distance, i.e. R back . X = distance - back . camera
+        planes.append((-(R @ back), float(back @ camera) - room.wall_distance, room.wall_material))
     for k, (normal, offset, _) in enumerate(planes):
         along = rays @ normal
-        hit_depth = offset / torch.where(along < -1e-9, along, torch.full_like(along, -1e-9))
-        hit = (along < -1e-9) & (hit_depth > 0) & (hit_depth < depth)
+        hit_depth = offset / along  # > 0 where along < 0, as offset < 0: in front of the camera
+        hit = (along < -1e-9) & (hit_depth < depth)
         depth = torch.where(hit, hit_depth, depth)
         which = torch.where(hit, torch.full_like(which, k), which)
     rgb = torch.zeros(*rays.shape[:2], 3)

@@ -380,11 +380,10 @@ def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, in
 
     floor_y = float(obj_verts[:, 1].min())
     has_floor = cam[1] > floor_y + 0.3
+    add("object", obj_verts, obj_faces, smooth=False)
     if has_floor:
         floor = trimesh.creation.box(extents=[60.0, 0.01, 60.0])
         floor.apply_translation([0, floor_y - 0.005, 0])
-    add("object", obj_verts, obj_faces, smooth=False)
-    if has_floor:
         add("floor", np.asarray(floor.vertices), np.asarray(floor.faces), False, 4.0, keep="floor" not in off)
     # a wall behind the object, facing the camera
     back = -cam / np.linalg.norm(cam)
