@@ -126,6 +126,7 @@ __all__ = [
     "mean_clutter_feature",
     "nemo_loss",
     "object_margins",
+    "upsample_features",
     "LOSSES",
     "PoseParams",
     "pose_from_params",
@@ -270,6 +271,37 @@ def _clutter_scores(image_feat: torch.Tensor, clutter_feat: torch.Tensor) -> tor
     if clutter_feat.dim() == 2:
         return torch.einsum("bchw,mc->bhwm", image_feat, clutter_feat.to(image_feat.dtype)).amax(-1)
     return torch.einsum("bchw,c->bhw", image_feat, clutter_feat.to(image_feat.dtype))
+
+
+def upsample_features(feature_map: torch.Tensor, factor: int) -> torch.Tensor:
+    """A stride-``s`` feature map as a stride-``s / factor`` one: bilinear, renormalised.
+
+    Cell ``k`` of a stride-``s`` map is centred at pixel ``s k + (s - 1) / 2`` (the
+    library's convention, :mod:`neural_mesh.backbones`). Bilinear interpolation with
+    ``align_corners=False`` puts output cell ``m`` at input position ``(m + 0.5) / factor
+    - 0.5``, i.e. at pixel ``s' m + (s' - 1) / 2`` with ``s' = s / factor``: the same
+    convention at the finer stride, so :func:`fit_pose` takes the result with ``stride=s'``.
+    Border cells are clamped. Rows are L2-normalised again (interpolated unit vectors are
+    shorter than 1).
+
+    Args:
+        feature_map: ``(B, C, h, w)`` unit features.
+        factor: integer upsampling factor (``1`` returns the map unchanged).
+
+    Returns:
+        ``(B, C, factor h, factor w)`` unit features.
+
+    >>> fm = torch.nn.functional.normalize(torch.randn(1, 4, 3, 5), dim=1)
+    >>> tuple(upsample_features(fm, 2).shape)
+    (1, 4, 6, 10)
+    """
+    check_shape("feature_map", feature_map, ["B", "C", "h", "w"])
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor: expected an integer >= 1, got {factor!r}")
+    if factor == 1:
+        return feature_map
+    up = F.interpolate(feature_map, scale_factor=factor, mode="bilinear", align_corners=False)
+    return F.normalize(up, dim=1)
 
 
 @torch.no_grad()
@@ -455,6 +487,12 @@ class FitConfig:
             the normalised mean of the bank); see the module docstring.
         loss: ``"mixture"`` (default) or ``"nemo"`` (:func:`nemo_loss`).
         temperature, occlusion_prior: ``T`` and ``q`` of the ``"mixture"`` loss.
+        upsample: fit on the feature map upsampled this many times
+            (:func:`upsample_features`; it must divide :func:`fit_pose`'s ``stride``), so
+            the mesh is rendered and compared on a finer grid than the backbone's cells.
+            Grid search, placement and ``lr_center`` then work in the finer cells. 2 took
+            the bundled chair's median L0 error from 4.5 to 3.8 deg at about twice the
+            fitting time (``docs/pose_results.md``, "Fitting on an upsampled feature map").
     """
 
     num_azimuths: int = 12
@@ -483,6 +521,7 @@ class FitConfig:
     loss: str = "mixture"
     temperature: float = 0.15
     occlusion_prior: float = 0.9
+    upsample: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -490,6 +529,8 @@ class FitConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if int(self.upsample) < 1:
+            raise ValueError(f"upsample: expected >= 1, got {self.upsample}")
         for name in ("top_k", "steps", "placement_search", "polish"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
@@ -1153,6 +1194,9 @@ def fit_pose(
     H, W = check_image_size(image_size)
     if int(stride) < 1:
         raise ValueError(f"stride: expected >= 1, got {stride}")
+    if int(stride) % int(config.upsample):
+        raise ValueError(f"config.upsample: expected a divisor of the feature stride {int(stride)}, "
+                         f"got {config.upsample}")
     check_intrinsics(K, b, feature_map)
     dtype, device = feature_map.dtype, feature_map.device
     if config.top_k == 0 and init is None:
@@ -1167,6 +1211,9 @@ def fit_pose(
             clutter=nmesh.clutter.to(device, dtype),
             meta=nmesh.meta,
         )
+    if config.upsample > 1:
+        feature_map = upsample_features(feature_map, int(config.upsample))
+        stride = int(stride) // int(config.upsample)
     K = K.to(device, dtype)
     K_feat = feature_intrinsics(K, int(stride))
     boxes = _boxes(bbox, b, int(stride), dtype, device)

@@ -28,6 +28,7 @@ from neural_mesh.fitting import (
     params_from_pose,
     pose_from_params,
     render_features,
+    upsample_features,
 )
 from neural_mesh.neural_mesh import NeuralMesh
 from render import (
@@ -278,6 +279,52 @@ def test_fit_at_stride_4(model):
     assert abs(res.distance - pose[3]) < 0.05 * pose[3]
 
 
+def _position_map(stride: int, size: tuple[int, int], rate: float = 0.02) -> torch.Tensor:
+    """``(1, 4, h, w)`` unit features encoding each cell centre's pixel position (x, y)
+    as two angles, ``rate`` radians per pixel."""
+    ii, jj = torch.meshgrid(torch.arange(size[0], dtype=torch.float64),
+                            torch.arange(size[1], dtype=torch.float64), indexing="ij")
+    x, y = (stride * jj + (stride - 1) / 2) * rate, (stride * ii + (stride - 1) / 2) * rate
+    return (torch.stack([x.cos(), x.sin(), y.cos(), y.sin()]) / math.sqrt(2))[None]
+
+
+def test_upsample_features_keeps_the_cell_centre_convention():
+    # stride-8 cells centred at 8 k + 3.5 -> stride-4 cells centred at 4 m + 1.5 (and
+    # stride 2 at 2 m + 0.5): decode each upsampled cell's position from its features
+    rate = 0.02
+    fm = _position_map(8, (6, 7), rate)
+    for factor in (2, 4):
+        up = upsample_features(fm, factor)
+        assert up.shape == (1, 4, 6 * factor, 7 * factor)
+        assert_close(up.norm(dim=1), torch.ones(1, 6 * factor, 7 * factor), atol=1e-12, rtol=0)
+        s = 8 // factor
+        want = _position_map(s, (6 * factor, 7 * factor), rate)
+        # interior cells (borders are clamped): positions to a hundredth of a pixel
+        inner = slice(factor, -factor)
+        x = torch.atan2(up[0, 1], up[0, 0])[inner, inner] / rate
+        y = torch.atan2(up[0, 3], up[0, 2])[inner, inner] / rate
+        assert_close(x, torch.atan2(want[0, 1], want[0, 0])[inner, inner] / rate, atol=0.01, rtol=0)
+        assert_close(y, torch.atan2(want[0, 3], want[0, 2])[inner, inner] / rate, atol=0.01, rtol=0)
+    assert upsample_features(fm, 1) is fm
+    with pytest.raises(ValueError, match="factor: expected an integer >= 1, got 0"):
+        upsample_features(fm, 0)
+
+
+def test_fit_on_an_upsampled_map(model):
+    # a stride-8 map fitted on its x2 upsampling (stride 4): the pose is recovered and
+    # placed within half a stride-8 cell, in full-image pixels as without upsampling
+    nm, mu = model
+    pose = POSES[1]
+    fmap, R, _ = synthetic_map(nm, mu, pose, seed=5)
+    (res,) = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, stride=STRIDE,
+                      config=dataclasses.replace(CONFIG, upsample=2))
+    assert _deg(res.R, R) < 4.0, _deg(res.R, R)
+    assert math.hypot(res.u0 - pose[4], res.v0 - pose[5]) < STRIDE / 2, (res.u0, res.v0)
+    assert abs(res.distance - pose[3]) < 0.05 * pose[3]
+    with pytest.raises(ValueError, match="config.upsample: expected a divisor of the feature stride 8, got 3"):
+        fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, stride=STRIDE, config=dataclasses.replace(CONFIG, upsample=3))
+
+
 def test_pose_result_fields_are_consistent(clean_fit):
     _, results = clean_fit
     for res in results:
@@ -497,6 +544,8 @@ def test_fit_config_rejects_bad_values():
         FitConfig(distance=-1.0)
     with pytest.raises(ValueError, match="polish: expected >= 0, got .*-1"):
         FitConfig(polish=-1)
+    with pytest.raises(ValueError, match="upsample: expected >= 1, got 0"):
+        FitConfig(upsample=0)
 
 
 def test_init_pose_is_a_start_beside_the_grid(model):
