@@ -201,6 +201,10 @@ def parser() -> argparse.ArgumentParser:
                      help="chance of a 3D floor and wall in a fine-tuning render (default: the first stage's)")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
+    adv.add_argument("--fit-upsample", type=positive_int, metavar="N",
+                     help=f"fit on the model's feature map upsampled N times, a divisor of its stride (finer "
+                          f"alignment, about N times the fitting time; default {FitConfig.upsample}; "
+                          "FitConfig.upsample)")
     adv.add_argument("--resume", action="store_true",
                      help="with --out: skip images already fitted into --out by a run with the same image, "
                           "model, camera, box and fit settings (an interrupted run goes on)")
@@ -533,7 +537,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"{PROG}: interrupted (a model build resumes from its last checkpoint next time)")
         return 130
 
-    config = FitConfig() if args.fit_steps is None else FitConfig(steps=args.fit_steps)
+    changes = {name: value for name, value in (("steps", args.fit_steps), ("upsample", args.fit_upsample))
+               if value is not None}
+    config = FitConfig(**changes)
+    if model.backbone.stride % config.upsample:
+        log(f"{PROG}: error: --fit-upsample: expected a divisor of the model's feature stride "
+            f"{model.backbone.stride}, got {config.upsample}")
+        return 2
     n = len(job.images)
     labels = [_label(path) if job.example is not None else str(path) for path in job.paths]
     stems = output_stems(job.paths)

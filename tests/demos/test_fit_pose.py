@@ -183,6 +183,18 @@ def test_json_lines_and_out_files(fp, capsys, photos, shifted, model_dir, tmp_pa
         assert (overlay == rgb).all(axis=2).mean() > 0.5  # the photo, as RGB, outside the mesh
 
 
+def test_fit_upsample_reaches_the_fit(fp, capsys, photos, shifted, model_dir, monkeypatch):
+    seen = []
+    fit = PoseModel.fit
+    monkeypatch.setattr(PoseModel, "fit", lambda self, *a, config=FitConfig(), **k: seen.append(config) or fit(
+        self, *a, config=config, **k))
+    code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--json",
+                         "--fit-upsample", "2", *FAST)
+    assert code == 0, err
+    assert len(out.splitlines()) == 1
+    assert seen and all(c.upsample == 2 and c.steps == 0 for c in seen)
+
+
 def test_many_images_are_fitted_in_batches_with_progress_and_streamed(fp, capsys, shifted, model_dir, tmp_path,
                                                                       monkeypatch):
     # 10 small photos: two batches (8 + 2), a progress bar, every record out; the poses do
@@ -349,7 +361,7 @@ BAD_CASES = (
     "build occlusion with model", "finetune with model", "finetune occlusion without steps",
     "finetune occlusion order", "finetune jitter without steps", "finetune lighting without steps",
     "finetune rooms without steps", "room probability range",
-    "finetune jitter range", "example with K",
+    "finetune jitter range", "fit upsample not a divisor of the stride", "fit upsample zero", "example with K",
     "unknown option",
 )
 
@@ -410,6 +422,8 @@ def _bad_inputs(tmp: Path, model_dir: Path, shifted: Path) -> dict[str, tuple[li
         "room probability range": ([img, *mesh, "--build-room-probability", "2"], "--build-room-probability"),
         "finetune jitter range": ([img, *mesh, "--build-finetune-steps", "5", "--build-finetune-center-jitter",
                                    "0.9"], "--build-finetune-center-jitter"),
+        "fit upsample not a divisor of the stride": ([img, *mesh, *model, "--fit-upsample", "3"], "--fit-upsample"),
+        "fit upsample zero": ([img, *mesh, *model, "--fit-upsample", "0"], "--fit-upsample"),
         "example with K": (["--K", "500", "500", "160", "120"], "--K"),
         "unknown option": ([img, *mesh, "--frobnicate"], "--frobnicate"),
     }
