@@ -492,7 +492,11 @@ class FitConfig:
             the mesh is rendered and compared on a finer grid than the backbone's cells.
             Grid search, placement and ``lr_center`` then work in the finer cells. 2 took
             the bundled chair's median L0 error from 4.5 to 3.8 deg at about twice the
-            fitting time (``docs/pose_results.md``, "Fitting on an upsampled feature map").
+            fitting time (``docs/pose_results.md``, "Fitting on an upsampled feature map"),
+            4 did no better, so 2 is the default; 1 fits the map as it is (NeMo). The
+            interpolation assumes features that vary smoothly between cells, as a
+            backbone's do; on maps with hard one-cell edges (features rendered at the map's
+            resolution, as in the tests) it blurs them and can bias the fit: use 1 there.
     """
 
     num_azimuths: int = 12
@@ -521,7 +525,7 @@ class FitConfig:
     loss: str = "mixture"
     temperature: float = 0.15
     occlusion_prior: float = 0.9
-    upsample: int = 1
+    upsample: int = 2
 
     def __post_init__(self) -> None:
         for name in (
@@ -556,7 +560,7 @@ class FitConfig:
         features, and the placement of the grid templates (NeMo's crops are centred at a
         fixed distance; set ``distance`` and ``locate=False`` for that)."""
         return cls(top_k=1, steps=300, lr_decay_every=100, lr_phases=3, patience=300, tol=0.0, polish=0,
-                   clutter_score="mean", loss="nemo")
+                   clutter_score="mean", loss="nemo", upsample=1)
 
     @property
     def num_grid_poses(self) -> int:
@@ -574,7 +578,8 @@ class PoseResult:
             of the object-frame origin.
         score: ``1 - loss`` at the returned pose (higher is better): the evidence for
             the object beyond the clutter model, averaged over the map (0 or less:
-            nothing better than clutter; comparable between fits by one model).
+            nothing better than clutter; comparable between fits by one model and
+            :attr:`FitConfig.upsample`, on whose map it is computed).
         loss_curve: the returned candidate's loss at every refinement step (the first
             entry is the loss at its grid pose), followed by those of each polish restart
             (``FitConfig.polish``).
@@ -1196,7 +1201,7 @@ def fit_pose(
         raise ValueError(f"stride: expected >= 1, got {stride}")
     if int(stride) % int(config.upsample):
         raise ValueError(f"config.upsample: expected a divisor of the feature stride {int(stride)}, "
-                         f"got {config.upsample}")
+                         f"got {config.upsample} (upsample=1 fits the map as it is)")
     check_intrinsics(K, b, feature_map)
     dtype, device = feature_map.dtype, feature_map.device
     if config.top_k == 0 and init is None:

@@ -47,8 +47,9 @@ STRIDE = 8
 K = default_intrinsics(IMAGE_SIZE)  # f = 192 px
 MAP_SIZE = (16, 20)
 C = 16
-# NeMo's 144-pose grid; fewer candidates and steps than the default, enough for these maps
-CONFIG = FitConfig(top_k=2, steps=80, lr_decay_every=30)
+# NeMo's 144-pose grid; fewer candidates and steps than the default, enough for these
+# maps, fitted at their own resolution (upsampling has its own tests)
+CONFIG = FitConfig(top_k=2, steps=80, lr_decay_every=30, upsample=1)
 
 # (azimuth, elevation, theta) in degrees, distance, (u0, v0) in pixels
 POSES = [
@@ -321,6 +322,10 @@ def test_fit_on_an_upsampled_map(model):
     assert _deg(res.R, R) < 4.0, _deg(res.R, R)
     assert math.hypot(res.u0 - pose[4], res.v0 - pose[5]) < STRIDE / 2, (res.u0, res.v0)
     assert abs(res.distance - pose[3]) < 0.05 * pose[3]
+    # the score is the loss on the map the fit saw: the upsampled one, at stride 4
+    feat, mask = render_features(nm, res.R[None], res.t[None], _feature_K(K, 4), (32, 40))
+    loss = nemo_loss(upsample_features(fmap[None], 2), feat, mask, nm.clutter, **CONFIG.loss_options)
+    assert math.isclose(res.score, 1 - float(loss[0]), abs_tol=1e-5)
     with pytest.raises(ValueError, match="config.upsample: expected a divisor of the feature stride 8, got 3"):
         fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, stride=STRIDE, config=dataclasses.replace(CONFIG, upsample=3))
 
@@ -511,8 +516,10 @@ def test_fit_with_a_remeshed_chair_model():
     pose = (60.0, 20.0, 0.0, 4.0, 80.0, 66.0)
     fmap, R, _ = synthetic_map(nm, mu, pose, seed=3)
     # the default rate schedule: this small, thin object is still converging when the
-    # test's faster CONFIG has decayed its rates (6.8 deg after its 80 steps)
-    res = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=FitConfig())[0]
+    # test's faster CONFIG has decayed its rates (6.8 deg after its 80 steps). At the
+    # map's own resolution: this map is point samples of a rendering with hard edges, which
+    # upsampling blurs across the one-cell legs (5.9 deg with upsample=2, 0.4 without)
+    res = fit_pose(fmap, nm, K, image_size=IMAGE_SIZE, config=FitConfig(upsample=1))[0]
     assert _deg(res.R, R) < 5.0
 
 
@@ -534,7 +541,7 @@ def test_paper_config_is_nemos():
     assert (paper.num_grid_poses, paper.top_k, paper.steps, paper.lr, paper.betas) == (144, 1, 300, 0.05, (0.4, 0.6))
     assert (paper.lr_decay, paper.lr_decay_every, paper.lr_phases) == (0.2, 100, 3)
     assert paper.patience >= paper.lr_decay_every  # no early stopping
-    assert paper.polish == 0
+    assert paper.polish == 0 and paper.upsample == 1  # NeMo fits at the feature resolution
 
 
 def test_fit_config_rejects_bad_values():
