@@ -203,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--fit-upsample", type=positive_int, metavar="N",
                      help=f"fit on the model's feature map upsampled N times, a divisor of its stride (finer "
-                          f"alignment, about N times the fitting time; default {FitConfig.upsample}; "
+                          f"alignment, slower fits; default {FitConfig.upsample}; "
                           "FitConfig.upsample)")
     adv.add_argument("--resume", action="store_true",
                      help="with --out: skip images already fitted into --out by a run with the same image, "
