@@ -7,6 +7,9 @@ are ``(B, C, h, w)`` unit vectors along ``C`` with stride ``s`` (8 for NeMo's ba
 feature cell ``(i, j)`` has its centre at input pixel ``(u, v) = (s j + (s - 1) / 2,
 s i + (s - 1) / 2)``, so full-image intrinsics ``K`` become feature-map intrinsics
 ``K_feat = [[1/s, 0, -(s-1)/(2s)], [0, 1/s, -(s-1)/(2s)], [0, 0, 1]] @ K``.
+:func:`fit_pose` first upsamples the map bilinearly (:attr:`FitConfig.upsample`, x2 by
+default; :func:`upsample_features` keeps this convention at stride ``s / 2``), so the
+mesh is rendered and compared on a grid twice as fine as the backbone's cells.
 
 **Rendering** (:func:`render_features`): the vertex features are rasterized at feature-map
 resolution (one face per pixel, no blur) and interpolated with perspective-correct
