@@ -494,9 +494,10 @@ class FitConfig:
             (:func:`upsample_features`; it must divide :func:`fit_pose`'s ``stride``), so
             the mesh is rendered and compared on a finer grid than the backbone's cells.
             Grid search, placement and ``lr_center`` then work in the finer cells. 2 took
-            the bundled chair's median L0 error from 4.5 to 3.8 deg for about 1.5 times the
-            batched fitting time (``docs/pose_results.md``, "Fitting on an upsampled feature map"),
-            4 did no better, so 2 is the default; 1 fits the map as it is (NeMo). The
+            the bundled chair's median L0 error from 4.5 to 3.8 deg for about 1.5 times
+            the batched fitting time (``docs/pose_results.md``, "Fitting on an upsampled
+            feature map") and 4 did no better, so 2 is the default; 1 fits the map as it
+            is (NeMo). The
             interpolation assumes features that vary smoothly between cells, as a
             backbone's do; on maps with hard one-cell edges (features rendered at the map's
             resolution, as in the tests) it blurs them and can bias the fit: use 1 there.
