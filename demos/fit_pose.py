@@ -202,9 +202,8 @@ def parser() -> argparse.ArgumentParser:
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--fit-upsample", type=positive_int, metavar="N",
-                     help=f"fit on the model's feature map upsampled N times, a divisor of its stride (finer "
-                          f"alignment, slower fits; default {FitConfig.upsample}; "
-                          "FitConfig.upsample)")
+                     help="fit on the model's feature map upsampled N times, a divisor of its stride (finer "
+                          f"alignment, slower fits; default {FitConfig.upsample}; FitConfig.upsample)")
     adv.add_argument("--resume", action="store_true",
                      help="with --out: skip images already fitted into --out by a run with the same image, "
                           "model, camera, box and fit settings (an interrupted run goes on)")

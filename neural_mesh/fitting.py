@@ -533,12 +533,10 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for name in (
-            "num_azimuths", "num_elevations", "num_thetas", "lr_decay_every", "lr_phases", "patience"
+            "num_azimuths", "num_elevations", "num_thetas", "lr_decay_every", "lr_phases", "patience", "upsample"
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if int(self.upsample) < 1:
-            raise ValueError(f"upsample: expected >= 1, got {self.upsample}")
         for name in ("top_k", "steps", "placement_search", "polish"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
