@@ -43,7 +43,7 @@ much the features depend on where the crop puts the object.
         [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast [--raycast-off EFFECT ...]]
-        [--crop-shifts PX ...]
+        [--crop-shifts PX ...] [--test-seed S]
         [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
@@ -87,15 +87,17 @@ RENDERERS = ("engine", "raycast")
 
 
 def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str = "engine",
-             raycast_off: Sequence[str] = ()):
+             raycast_off: Sequence[str] = (), seed: int = TEST_SEED):
     """``n`` held-out samples of ``mesh`` at occlusion ``level``, drawn by the synthetic
     engine (``"engine"``) or by :mod:`datasets.raycast` (``"raycast"``: another renderer
     with its own shading, 3D scenes and 3D occluders; ``raycast_off`` switches some of its
-    effects off, :data:`datasets.raycast.EFFECTS`, the scenes otherwise the same)."""
+    effects off, :data:`datasets.raycast.EFFECTS`, the scenes otherwise the same).
+    Another ``seed`` draws another test set (a validation set to choose settings on,
+    or fresh images to confirm a choice made on the default one)."""
     if renderer == "raycast":
         from datasets.raycast import raycast_samples
 
-        return raycast_samples(mesh, n, level, build.image_size, seed=TEST_SEED, off=raycast_off)
+        return raycast_samples(mesh, n, level, build.image_size, seed=seed, off=raycast_off)
     from datasets.synthetic import SyntheticConfig, SyntheticDataset
     from neural_mesh.training import synthetic_data
 
@@ -103,7 +105,7 @@ def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str =
     # settings: every build is tested on the same images
     syn = SyntheticConfig.from_dict(synthetic_data((build.image_size,) * 2, mesh=mesh)["config"])
     syn = dataclasses.replace(syn, occlusion=level, vertex_projections=False)
-    ds = SyntheticDataset(syn, seed=TEST_SEED + 1000 * level, length=n)
+    ds = SyntheticDataset(syn, seed=seed + 1000 * level, length=n)
     return [ds[i] for i in range(n)]
 
 
@@ -414,6 +416,10 @@ def main(argv=None) -> int:
     p.add_argument("--raycast-off", nargs="+", default=[], choices=RAYCAST_EFFECTS, metavar="EFFECT",
                    help="with --renderer raycast: switch these effects of its scenes off, the scenes otherwise the "
                         f"same, to see which of them costs accuracy ({', '.join(RAYCAST_EFFECTS)})")
+    p.add_argument("--test-seed", type=int, default=TEST_SEED, metavar="S",
+                   help=f"seed of the test images (default {TEST_SEED}): another seed draws another test set, "
+                        "to choose settings on images the final numbers are not measured on, or to confirm a "
+                        "choice on fresh images")
     p.add_argument("--device", default="cpu", help="where to train, fit and time: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the results here")
@@ -470,9 +476,9 @@ def main(argv=None) -> int:
                          "finetune_room_probability": build.finetune_room_probability, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
-                         "raycast_off": args.raycast_off, "device": str(device), "levels": {}}
+                         "raycast_off": args.raycast_off, "test_seed": args.test_seed, "device": str(device), "levels": {}}
     for level in args.levels:
-        samples = test_set(mesh, build, level, args.n, args.renderer, args.raycast_off)
+        samples = test_set(mesh, build, level, args.n, args.renderer, args.raycast_off, seed=args.test_seed)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         boxes = moved_boxes(samples, args.box_shift) if args.box else None
         nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, boxes)

@@ -263,19 +263,31 @@ def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     bench = load_bench()
     seen = []
     real = bench.test_set
-    monkeypatch.setattr(bench, "test_set", lambda *a: seen.append(a) or real(*a))
+    monkeypatch.setattr(bench, "test_set", lambda *a, **k: seen.append((a, k)) or real(*a, **k))
     out = tmp_path / "r.json"
     args = ["--mesh", str(CHAIR), "--model", str(tmp_path / "model"), "--no-regression", "--n", "1",
             "--levels", "1", "--singles", "1", "--threads", "1", "--renderer", "raycast", "--raycast-off", "shadows",
-            "noise", "--json", str(out)]
+            "noise", "--test-seed", "7", "--json", str(out)]
     assert bench.main(args) == 0
     table = capsys.readouterr().out
     assert "ray-cast images (another renderer; shadows, noise off)" in table
     assert "? training steps" in table  # a model with no recorded training
-    assert seen and seen[0][-2:] == ("raycast", ["shadows", "noise"])
+    assert seen and seen[0][0][-2:] == ("raycast", ["shadows", "noise"]) and seen[0][1] == {"seed": 7}
     result = json.loads(out.read_text())
     assert result["renderer"] == "raycast" and result["raycast_off"] == ["shadows", "noise"]
+    assert result["test_seed"] == 7
     assert 0.2 <= result["levels"]["L1"]["occlusion"] <= 0.45
+
+
+@pytest.mark.parametrize("renderer", ["engine", "raycast"])
+def test_another_test_seed_draws_another_test_set(renderer):
+    bench = load_bench()
+    first = bench.test_set(CHAIR, bench.BuildConfig(), 1, 2, renderer)
+    again = bench.test_set(CHAIR, bench.BuildConfig(), 1, 2, renderer, seed=bench.TEST_SEED)
+    other = bench.test_set(CHAIR, bench.BuildConfig(), 1, 2, renderer, seed=bench.TEST_SEED + 1)
+    for a, b, c in zip(first, again, other):
+        assert torch.equal(a["image"], b["image"])
+        assert not torch.equal(a["image"], c["image"])
 
 
 def test_bench_pose_rejects_a_bad_occlusion_range(capsys):
