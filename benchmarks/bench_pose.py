@@ -19,8 +19,11 @@ object hidden), L2 (40-60 %), L3 (60-80 %); with ``--renderer raycast`` they are
 :mod:`datasets.raycast` instead, a renderer the models never saw (ray casting, its own
 materials and lighting, floors with cast shadows, 3D occluders), and ``--raycast-off``
 switches some of its effects off (:data:`datasets.raycast.EFFECTS`; the same scenes
-otherwise), to find which of them a model trained on the engine's renders pays for. The table gives Acc@pi/6, Acc@pi/18 and the
-median rotation error per level and method, and seconds per image: render-and-compare
+otherwise), to find which of them a model trained on the engine's renders pays for.
+``--test-seed S`` draws another test set of the same kind: choose settings on one, report
+on others (``benchmarks/pool_pose.py`` pools the ``--json`` results of several seeds).
+The table gives Acc@pi/6, Acc@pi/18 and the median rotation error per level and method,
+and seconds per image: render-and-compare
 fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
 images one at a time (the "single" time, the default interactive case). The last three
 columns say where the errors come from, the features or the search. "margin at truth" is the model's
