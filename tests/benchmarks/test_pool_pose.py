@@ -52,6 +52,18 @@ def test_pools_every_image_of_every_seed(tmp_path, capsys):
     assert l2["images"] == 6 and l2["test_seeds"] == [1, 2] and l2["acc_pi6"] == pytest.approx(3 / 6)
 
 
+def test_pools_the_regression_baseline_beside(tmp_path):
+    pool = load_pool()
+    a = run_json(tmp_path / "a.json", 1, {"L3": [10.0, 50.0]})
+    b = run_json(tmp_path / "b.json", 2, {"L3": [20.0, 5.0]})
+    runs = {str(path): pool.read_run(path) for path in (a, b)}
+    runs[str(a)]["levels"]["L3"]["regression"] = {"errors_deg": [100.0, 2.0]}  # b has no baseline
+    pooled = pool.pool(runs)["levels"]["L3"]
+    assert pooled["render_and_compare"]["images"] == 4 and pooled["render_and_compare"]["acc_pi6"] == 0.75
+    assert pooled["regression"]["images"] == 2 and pooled["regression"]["test_seeds"] == [1]
+    assert pooled["regression"]["acc_pi6"] == 0.5 and "regression" in pool.table({"levels": {"L3": pooled}})
+
+
 def test_a_run_without_a_seed_used_the_default(tmp_path):
     pool = load_pool()
     old = run_json(tmp_path / "old.json", None, {"L0": [1.0]})
