@@ -23,9 +23,9 @@ otherwise), to find which of them a model trained on the engine's renders pays f
 ``--test-seed S`` draws another test set of the same kind: choose settings on one, report
 on others (``benchmarks/pool_pose.py`` pools the ``--json`` results of several seeds).
 The table gives Acc@pi/6, Acc@pi/18 and the median rotation error per level and method,
-and seconds per image: render-and-compare
-fits the images of a level in batches of ``--batch`` (the "batched" time) and a few
-images one at a time (the "single" time, the default interactive case). The last three
+and seconds per image: render-and-compare fits the images of a level in batches of
+``--batch`` (the "batched" time) and a few images one at a time (the "single" time, the
+default interactive case). The last three
 columns say where the errors come from, the features or the search. "margin at truth" is the model's
 evidence for the *true* pose: the mean margin of the rendered object's pixels over the
 clutter model and the share of them the object explains better
@@ -479,7 +479,8 @@ def main(argv=None) -> int:
                          "finetune_room_probability": build.finetune_room_probability, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
-                         "raycast_off": args.raycast_off, "test_seed": args.test_seed, "device": str(device), "levels": {}}
+                         "raycast_off": args.raycast_off, "test_seed": args.test_seed, "device": str(device),
+                         "levels": {}}
     for level in args.levels:
         samples = test_set(mesh, build, level, args.n, args.renderer, args.raycast_off, seed=args.test_seed)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
