@@ -204,6 +204,10 @@ def parser() -> argparse.ArgumentParser:
     adv.add_argument("--fit-upsample", type=positive_int, metavar="N",
                      help="fit on the model's feature map upsampled N times, a divisor of its stride (finer "
                           f"alignment, slower fits; default {FitConfig.upsample}; FitConfig.upsample)")
+    adv.add_argument("--fit-crops", type=non_negative_int, metavar="N",
+                     help="refine each fit again on N crops shifted by FitConfig.crop_shift input pixels and "
+                          f"average them (steadier poses, slower fits; default {FitConfig.crop_ensemble}, "
+                          "0: off; FitConfig.crop_ensemble)")
     adv.add_argument("--resume", action="store_true",
                      help="with --out: skip images already fitted into --out by a run with the same image, "
                           "model, camera, box and fit settings (an interrupted run goes on)")
@@ -536,8 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"{PROG}: interrupted (a model build resumes from its last checkpoint next time)")
         return 130
 
-    changes = {name: value for name, value in (("steps", args.fit_steps), ("upsample", args.fit_upsample))
-               if value is not None}
+    changes = {name: value for name, value in (("steps", args.fit_steps), ("upsample", args.fit_upsample),
+                                               ("crop_ensemble", args.fit_crops)) if value is not None}
     config = FitConfig(**changes)
     if model.backbone.stride % config.upsample:
         log(f"{PROG}: error: --fit-upsample: expected a divisor of the model's feature stride "

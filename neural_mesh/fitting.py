@@ -136,6 +136,7 @@ __all__ = [
     "params_from_pose",
     "FitConfig",
     "PoseResult",
+    "pose_results",
     "InitGrid",
     "init_grid_for",
     "fit_pose",
@@ -501,6 +502,16 @@ class FitConfig:
             interpolation assumes features that vary smoothly between cells, as a
             backbone's do; on maps with hard one-cell edges (features rendered at the map's
             resolution, as in the tests) it blurs them and can bias the fit: use 1 there.
+        crop_ensemble, crop_shift: used by :meth:`neural_mesh.model.PoseModel.fit` only
+            (it crops photos; :func:`fit_pose` on a given feature map ignores them). After
+            the fit, the pose is refined again from itself on ``crop_ensemble`` crops
+            whose centres are moved by ``crop_shift`` input pixels in evenly spaced
+            directions (the first at 45 deg: 4 gives the four diagonals), and the mean of
+            those refinements is returned (:func:`render.mean_rotation`, mean ``t``). A
+            backbone's features change with where the crop puts the object, so the
+            refinements' small errors are partly independent and their mean lies nearer
+            the truth (``docs/pose_results.md``, "Averaging over shifted crops"). 0
+            returns the fit as it is.
     """
 
     num_azimuths: int = 12
@@ -530,6 +541,8 @@ class FitConfig:
     temperature: float = 0.15
     occlusion_prior: float = 0.9
     upsample: int = 2
+    crop_ensemble: int = 0
+    crop_shift: float = 6.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -537,9 +550,11 @@ class FitConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        for name in ("top_k", "steps", "placement_search", "polish"):
+        for name in ("top_k", "steps", "placement_search", "polish", "crop_ensemble"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.crop_shift) and self.crop_shift >= 0):
+            raise ValueError(f"crop_shift: expected a distance >= 0 in input pixels, got {self.crop_shift}")
         if self.grid_resolution < 8:
             raise ValueError(f"grid_resolution: expected >= 8, got {self.grid_resolution}")
         _check_clutter_score(self.clutter_score)
@@ -562,7 +577,7 @@ class FitConfig:
         features, and the placement of the grid templates (NeMo's crops are centred at a
         fixed distance; set ``distance`` and ``locate=False`` for that)."""
         return cls(top_k=1, steps=300, lr_decay_every=100, lr_phases=3, patience=300, tol=0.0, polish=0,
-                   clutter_score="mean", loss="nemo", upsample=1)
+                   clutter_score="mean", loss="nemo", upsample=1, crop_ensemble=0)
 
     @property
     def num_grid_poses(self) -> int:
@@ -1264,24 +1279,31 @@ def fit_pose(
         v0=xs[:, 5] * stride + off,
     )
     R, t = pose_from_params(params, K)
-    # report angles in their canonical ranges (same R)
-    az, el, th, _ = pose_to_angles(R, t / t.norm(dim=1, keepdim=True))
     seconds = (time.perf_counter() - start_time) / b
-    results = []
-    for i in range(b):
-        results.append(
-            PoseResult(
-                R=R[i].detach(),
-                t=t[i].detach(),
-                azimuth=float(az[i]),
-                elevation=float(el[i]),
-                theta=float(th[i]),
-                distance=float(params.distance[i]),
-                u0=float(params.u0[i]),
-                v0=float(params.v0[i]),
-                score=1.0 - float(losses[i]),
-                loss_curve=curves[i],
-                seconds=seconds,
-            )
+    return pose_results(R, t, K, (1.0 - losses).tolist(), curves, seconds)
+
+
+def pose_results(R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, scores: Sequence[float],
+                 loss_curves: Sequence[list[float]], seconds: float = 0.0) -> list[PoseResult]:
+    """One :class:`PoseResult` per pose ``(R (N, 3, 3), t (N, 3))`` seen through ``K``
+    (``(3, 3)`` or ``(N, 3, 3)``): the angles in their canonical ranges (the same ``R``),
+    ``distance = t_z``, ``(u0, v0)`` the projection of the object's origin, and the given
+    ``scores``, ``loss_curves`` and ``seconds``."""
+    params = params_from_pose(R, t, K)
+    az, el, th, _ = pose_to_angles(R, t / t.norm(dim=1, keepdim=True))
+    return [
+        PoseResult(
+            R=R[i].detach(),
+            t=t[i].detach(),
+            azimuth=float(az[i]),
+            elevation=float(el[i]),
+            theta=float(th[i]),
+            distance=float(params.distance[i]),
+            u0=float(params.u0[i]),
+            v0=float(params.v0[i]),
+            score=float(scores[i]),
+            loss_curve=list(loss_curves[i]),
+            seconds=seconds,
         )
-    return results
+        for i in range(R.shape[0])
+    ]

@@ -65,11 +65,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from render import project_points
+from render import mean_rotation, project_points
 from render.checks import check_finite, check_floating, check_shape
 
 from .backbones import BackboneConfig, FeatureBackbone
-from .fitting import FitConfig, PoseResult, check_init_poses, fit_pose
+from .fitting import FitConfig, PoseResult, check_init_poses, fit_pose, pose_results
 from .neural_mesh import ModelError, NeuralMesh, atomic_directory, file_sha256
 
 __all__ = ["PoseModel", "MODEL_FILE", "BACKBONE_FILE", "MESH_DIR", "crop_intrinsics", "crop_image", "box_fraction_of"]
@@ -265,6 +265,7 @@ class PoseModel:
         boxes = list(bbox) if bbox is not None else [None] * b
         if len(boxes) != b:
             raise ValueError(f"bbox: expected {b} boxes or None (one per image), got {len(boxes)}")
+        given = boxes
         if init is not None:
             R0, t0 = check_init_poses(init, b, self.device)
             boxes = [box if box is not None else self.crop_box(R0[i], t0[i], Ks[i]) for i, box in enumerate(boxes)]
@@ -282,8 +283,32 @@ class PoseModel:
                 for i, r in zip(again, redo):
                     if r.score > results[i].score or self._needs_recrop(results[i], images[i], Ks[i]):
                         results[i] = r
+        if config.crop_ensemble and config.steps:
+            results = self._crop_ensemble(images, Ks, given, results, config)
         seconds = (time.perf_counter() - start) / b
         return [replace(r, seconds=seconds) for r in results]
+
+    def _crop_ensemble(self, images, Ks, boxes, results: list[PoseResult], config: FitConfig) -> list[PoseResult]:
+        """Each result refined again from itself on ``config.crop_ensemble`` crops shifted
+        by ``config.crop_shift`` input pixels around the photo's box (or, without one,
+        around :meth:`crop_box` of the result), averaged (:attr:`FitConfig.crop_ensemble`).
+        The score is the members' mean; the loss curve stays the fit's."""
+        n = int(config.crop_ensemble)
+        directions = [(math.cos(a), math.sin(a)) for a in (math.pi / 4 + 2 * math.pi * j / n for j in range(n))]
+        shifted = []
+        for result, K, box in zip(results, Ks, boxes):
+            x0, y0, x1, y1 = (float(v) for v in (box if box is not None else self.crop_box(result.R, result.t, K)))
+            step = config.crop_shift * max(x1 - x0, y1 - y0) / self.box_fraction / self.image_size[0]  # photo px
+            shifted += [[x0 + step * cx, y0 + step * cy, x1 + step * cx, y1 + step * cy] for cx, cy in directions]
+        which = [i for i in range(len(results)) for _ in range(n)]
+        init = (torch.stack([results[i].R for i in which]), torch.stack([results[i].t for i in which]))
+        members = self._fit_once([images[i] for i in which], [Ks[i] for i in which], shifted,
+                                 replace(config, top_k=0), init=init)
+        R = mean_rotation(torch.stack([m.R for m in members]).view(len(results), n, 3, 3))
+        t = torch.stack([m.t for m in members]).view(len(results), n, 3).mean(dim=1)
+        scores = torch.tensor([m.score for m in members]).view(len(results), n).mean(dim=1).tolist()
+        K = torch.stack([k.to(R.dtype) for k in Ks])
+        return pose_results(R, t, K, scores, [r.loss_curve for r in results])
 
     def _fit_once(self, images, Ks, boxes, config: FitConfig, init=None) -> list[PoseResult]:
         crops, kcs, maps = [], [], []

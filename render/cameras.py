@@ -60,6 +60,7 @@ __all__ = [
     "default_intrinsics",
     "DEFAULT_FOCAL_FACTOR",
     "geodesic_distance",
+    "mean_rotation",
     "opencv_to_pytorch3d",
     "pytorch3d_to_opencv",
     "opencv_to_pytorch3d_view",
@@ -463,6 +464,35 @@ def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
         [M[..., 2, 1] - M[..., 1, 2], M[..., 0, 2] - M[..., 2, 0], M[..., 1, 0] - M[..., 0, 1]], -1
     )
     return torch.atan2(_safe_norm(v), tr - 1.0)
+
+
+def mean_rotation(R: torch.Tensor) -> torch.Tensor:
+    """The chordal L2 mean of rotations: the rotation nearest (Frobenius norm) to their
+    arithmetic mean, i.e. the ``argmin`` over rotations ``M`` of ``sum_i ||M - R_i||_F^2``.
+
+    It is the SVD projection ``U diag(1, 1, det(U V^T)) V^T`` of the mean matrix
+    ``U S V^T`` (the rotation ``scipy.spatial.transform.Rotation.mean`` returns, batched
+    and in torch). It is not unique where the mean matrix is degenerate (e.g. two
+    rotations pi apart).
+
+    Args:
+        R: ``(..., N, 3, 3)`` rotations; the mean is over ``N``.
+
+    Returns:
+        ``(..., 3, 3)``.
+
+    >>> import math
+    >>> M = mean_rotation(rotation_z(torch.tensor([0.1, 0.3])))
+    >>> math.isclose(float(geodesic_distance(M, rotation_z(0.2))), 0.0, abs_tol=1e-6)
+    True
+    """
+    _check_trailing("R", R, (3, 3))
+    if R.dim() < 3 or R.shape[-3] < 1:
+        raise ValueError(f"R: expected (..., N, 3, 3) with N >= 1, got shape {tuple(R.shape)}")
+    U, _, Vh = torch.linalg.svd(R.mean(dim=-3))
+    d = torch.det(U @ Vh)
+    ones = torch.ones_like(d)
+    return U @ torch.diag_embed(torch.stack([ones, ones, d], dim=-1)) @ Vh
 
 
 # --------------------------------------------------------------------------------------

@@ -183,16 +183,16 @@ def test_json_lines_and_out_files(fp, capsys, photos, shifted, model_dir, tmp_pa
         assert (overlay == rgb).all(axis=2).mean() > 0.5  # the photo, as RGB, outside the mesh
 
 
-def test_fit_upsample_reaches_the_fit(fp, capsys, photos, shifted, model_dir, monkeypatch):
+def test_fit_upsample_and_crops_reach_the_fit(fp, capsys, photos, shifted, model_dir, monkeypatch):
     seen = []
     fit = PoseModel.fit
     monkeypatch.setattr(PoseModel, "fit", lambda self, *a, config=FitConfig(), **k: seen.append(config) or fit(
         self, *a, config=config, **k))
     code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--json",
-                         "--fit-upsample", "2", *FAST)
+                         "--fit-upsample", "2", "--fit-crops", "3", *FAST)
     assert code == 0, err
     assert len(out.splitlines()) == 1
-    assert seen and all(c.upsample == 2 and c.steps == 0 for c in seen)
+    assert seen and all(c.upsample == 2 and c.steps == 0 and c.crop_ensemble == 3 for c in seen)
 
 
 def test_many_images_are_fitted_in_batches_with_progress_and_streamed(fp, capsys, shifted, model_dir, tmp_path,

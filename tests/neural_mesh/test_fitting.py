@@ -542,6 +542,7 @@ def test_paper_config_is_nemos():
     assert (paper.lr_decay, paper.lr_decay_every, paper.lr_phases) == (0.2, 100, 3)
     assert paper.patience >= paper.lr_decay_every  # no early stopping
     assert paper.polish == 0 and paper.upsample == 1  # NeMo fits at the feature resolution
+    assert paper.crop_ensemble == 0  # and once
 
 
 def test_fit_config_rejects_bad_values():
@@ -553,6 +554,11 @@ def test_fit_config_rejects_bad_values():
         FitConfig(polish=-1)
     with pytest.raises(ValueError, match="upsample: expected >= 1, got 0"):
         FitConfig(upsample=0)
+    with pytest.raises(ValueError, match="crop_ensemble: expected >= 0, got .*-2"):
+        FitConfig(crop_ensemble=-2)
+    for shift in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="crop_shift: expected a distance >= 0"):
+            FitConfig(crop_shift=shift)
 
 
 def test_init_pose_is_a_start_beside_the_grid(model):

@@ -215,6 +215,65 @@ def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypat
     assert [r.score for r in res] == [0.7, 0.3]
 
 
+def test_crop_ensemble_refines_on_shifted_crops_and_averages(tiny_model, monkeypatch):
+    from neural_mesh.fitting import PoseResult
+    from render import rotation_z
+
+    K = intrinsics(60.0, 60.0, 31.5, 31.5)
+    R, t = angles_to_pose(torch.tensor(0.3), torch.tensor(0.2), torch.tensor(0.0), torch.tensor(5.0))
+    calls = []
+    # the members turn the pose about the camera axis by +-0.1 rad and move it by +-0.2
+    turn = rotation_z(torch.tensor([0.1, -0.1, 0.1, -0.1]))
+    move = torch.tensor([[0.2, 0.0, 0.0], [-0.2, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, -0.2, 0.0]])
+
+    def fake(self, images, Ks, boxes, config, init=None):
+        calls.append((boxes, init, config))
+        if init is None:
+            return [PoseResult(R=R, t=t, azimuth=0.0, elevation=0.0, theta=0.0, distance=float(t[2]), u0=31.5,
+                               v0=31.5, score=0.1, loss_curve=[1.0, 0.9], seconds=0.0) for _ in images]
+        return [PoseResult(R=turn[j % 4] @ R, t=t + move[j % 4], azimuth=0.0, elevation=0.0, theta=0.0,
+                           distance=1.0, u0=0.0, v0=0.0, score=0.2 * (j % 4 + 1), loss_curve=[], seconds=0.0)
+                for j in range(len(images))]
+
+    monkeypatch.setattr(PoseModel, "_fit_once", fake)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 80)]
+    box = [20.0, 10.0, 40.0, 50.0]
+    config = FitConfig(crop_ensemble=4, crop_shift=3.0)
+    res = tiny_model.fit(images, [K, K], bbox=[box, None], config=config, recrop=False)
+    assert len(calls) == 2
+    boxes, init, member_config = calls[1]
+    assert member_config.top_k == 0 and len(boxes) == 8
+    torch.testing.assert_close(init[0], R.expand(8, 3, 3))  # refined from the fit itself
+    # the given box, and the crop around the fitted pose, moved along the diagonals by
+    # 3 input pixels: 3 * (the crop's side / the input side) photo pixels
+    for base, moved in ((box, boxes[:4]), (tiny_model.crop_box(R, t, K), boxes[4:])):
+        step = 3.0 * max(base[2] - base[0], base[3] - base[1]) / tiny_model.box_fraction / 64
+        d = step / math.sqrt(2)
+        for (dx, dy), b in zip([(d, d), (-d, d), (-d, -d), (d, -d)], moved):
+            assert b == pytest.approx([base[0] + dx, base[1] + dy, base[2] + dx, base[3] + dy])
+    for r in res:
+        torch.testing.assert_close(r.R, R, atol=1e-6, rtol=0)  # the turns cancel
+        torch.testing.assert_close(r.t, t, atol=1e-6, rtol=0)
+        assert r.score == pytest.approx(0.5) and r.loss_curve == [1.0, 0.9]
+        uv = project_points(torch.zeros(1, 1, 3), K, r.R, r.t)[0][0, 0]
+        assert (r.u0, r.v0) == pytest.approx((float(uv[0]), float(uv[1])), abs=1e-4)
+        assert r.distance == pytest.approx(float(t[2]))
+    calls.clear()
+    tiny_model.fit(images, [K, K], bbox=[box, None], config=replace(config, crop_ensemble=0), recrop=False)
+    assert len(calls) == 1
+
+
+def test_crop_ensemble_on_a_real_fit_returns_a_valid_pose(tiny_model):
+    torch.manual_seed(3)
+    K = intrinsics(70.0, 70.0, 31.5, 31.5)
+    quick = FitConfig(num_azimuths=4, num_elevations=1, num_thetas=1, top_k=1, steps=4, placement_search=0)
+    plain = tiny_model.fit([torch.rand(3, 64, 64)], [K], config=quick, recrop=False)[0]
+    torch.manual_seed(3)
+    both = tiny_model.fit([torch.rand(3, 64, 64)], [K], config=replace(quick, crop_ensemble=3), recrop=False)[0]
+    torch.testing.assert_close(both.R @ both.R.T, torch.eye(3), atol=1e-5, rtol=0)
+    assert not torch.equal(both.R, plain.R) and math.isfinite(both.score)
+
+
 def test_fit_from_init_poses_crops_around_them_and_returns_them_unrefined(tiny_model, monkeypatch):
     # top_k=0 and no steps: the result is the start itself, through the crop and back
     torch.manual_seed(2)

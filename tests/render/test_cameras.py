@@ -17,6 +17,7 @@ from render.cameras import (
     intrinsics_from_fov,
     intrinsics_from_opengl_projection,
     look_at,
+    mean_rotation,
     opencv_to_opengl,
     opencv_to_pytorch3d,
     opencv_to_pytorch3d_view,
@@ -330,6 +331,29 @@ def test_geodesic_distance_symmetric_batched_and_matches_arccos():
     tr = torch.diagonal(A.transpose(-1, -2) @ B, dim1=-2, dim2=-1).sum(-1)
     assert_close(d, torch.arccos(((tr - 1) / 2).clamp(-1, 1)))
     assert geodesic_distance(A[:, None], B[None]).shape == (10, 10)
+
+
+def test_mean_rotation_is_scipys_chordal_mean_batched():
+    from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+    from scipy.spatial.transform import Rotation
+
+    centre = _random_rotations(3, torch.float64, 4)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 6, 3, generator=g, dtype=torch.float64) * torch.tensor([0.05, 0.4, 1.0])[:, None, None]
+    R = centre[:, None] @ axis_angle_to_rotation_matrix(w.reshape(-1, 3)).reshape(3, 6, 3, 3)
+    M = mean_rotation(R)
+    assert M.shape == (3, 3, 3)
+    for i in range(3):
+        expected = torch.from_numpy(Rotation.from_matrix(R[i].numpy()).mean().as_matrix())
+        assert float(geodesic_distance(M[i], expected)) < 1e-9
+    assert_close(M @ M.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
+    assert_close(torch.det(M), torch.ones(3, dtype=torch.float64))
+    # a set symmetric about a rotation averages to it; one rotation is its own mean
+    a = torch.tensor([0.2, -0.2], dtype=torch.float64)
+    assert_close(mean_rotation(centre[0] @ rotation_z(a)), centre[0])
+    assert_close(mean_rotation(centre[:1]), centre[0])
+    with pytest.raises(ValueError, match="N >= 1"):
+        mean_rotation(torch.zeros(0, 3, 3))
 
 
 def test_geodesic_gradient_finite_at_identity(device, dtype):
