@@ -425,7 +425,8 @@ def main(argv=None) -> int:
                         "choice on fresh images")
     p.add_argument("--device", default="cpu", help="where to train, fit and time: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--json", help="also write the results here (with the per-image errors and every fitting "
+                                  "setting, 'fit_config', not only those changed by --fit)")
     args = p.parse_args(argv)
 
     try:
@@ -478,6 +479,7 @@ def main(argv=None) -> int:
                          "room_probability": build.room_probability,
                          "finetune_room_probability": build.finetune_room_probability, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
+                         "fit_config": dataclasses.asdict(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
                          "raycast_off": args.raycast_off, "test_seed": args.test_seed, "device": str(device),
                          "levels": {}}

@@ -510,8 +510,10 @@ class FitConfig:
             those refinements is returned (:func:`render.mean_rotation`, mean ``t``). A
             backbone's features change with where the crop puts the object, so the
             refinements' small errors are partly independent and their mean lies nearer
-            the truth (``docs/pose_results.md``, "Averaging over shifted crops"). 0
-            returns the fit as it is.
+            the truth (``docs/pose_results.md``, "Averaging over shifted crops": the
+            heavy rooms build's median L0 error on the ray caster's images from 5.3 to
+            4.9 deg, for about 1.3 times the batched fitting time). The default shift, 4,
+            is half a cell of the stride-8 backbones. 0 returns the fit as it is.
     """
 
     num_azimuths: int = 12
@@ -541,8 +543,8 @@ class FitConfig:
     temperature: float = 0.15
     occlusion_prior: float = 0.9
     upsample: int = 2
-    crop_ensemble: int = 0
-    crop_shift: float = 6.0
+    crop_ensemble: int = 4
+    crop_shift: float = 4.0
 
     def __post_init__(self) -> None:
         for name in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -243,8 +244,10 @@ def test_bench_pose_fit_settings_reach_the_fit(tmp_path, capsys, monkeypatch):
     assert bench.main(args) == 0
     config = configs[0]
     assert (config.top_k, config.elevation_range_deg, config.clutter_score, config.polish) == (2, (-10, 40), "mean", 1)
-    assert json.loads(out.read_text())["fit"] == {"elevation_range_deg": [-10, 40], "top_k": 2,
-                                                   "polish": 1, "clutter_score": "mean"}
+    result = json.loads(out.read_text())
+    assert result["fit"] == {"elevation_range_deg": [-10, 40], "top_k": 2, "polish": 1, "clutter_score": "mean"}
+    # and every setting, so that runs stay comparable when a default changes
+    assert result["fit_config"] == json.loads(json.dumps(dataclasses.asdict(config)))
     assert "top_k=2" in capsys.readouterr().out
 
 

@@ -76,6 +76,7 @@ def test_a_run_without_a_seed_used_the_default(tmp_path):
     ({"finetune_steps": 4000}, "differ in 'finetune_steps'"),
     ({"renderer": "raycast"}, "differ in 'renderer'"),
     ({"fit": {"upsample": 1}}, "differ in 'fit'"),
+    ({"fit_config": {"crop_ensemble": 0}}, "differ in 'fit_config'"),
     ({"test_seed": 1}, "L0 on test seed 1: its images would count twice"),
 ])
 def test_refuses_runs_that_cannot_be_pooled(tmp_path, capsys, change, message):

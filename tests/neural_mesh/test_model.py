@@ -179,6 +179,8 @@ def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypat
     # at the training scale and centre, so only the scores decide
     from neural_mesh.fitting import PoseResult
 
+    ONCE = FitConfig(crop_ensemble=0)  # no averaging pass: the recrop logic alone
+
     K = intrinsics(60.0, 60.0, 31.5, 31.5)
     R, t = angles_to_pose(torch.tensor(0.3), torch.tensor(0.2), torch.tensor(0.0), torch.tensor(5.0))
     box = tiny_model.projected_box(R, t, K)
@@ -196,22 +198,23 @@ def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypat
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
     assert not tiny_model._needs_recrop(fake(tiny_model, images[:1], [K], [None], None)[0], images[0], K)
     calls.clear()
-    res = tiny_model.fit(images, [K, K])
+    res = tiny_model.fit(images, [K, K], config=ONCE)
     assert [r.score for r in res] == [0.7, 0.5]  # the second fit where it scored higher
     assert len(calls) == 2 and calls[1][1] is not None  # one second pass, started at the first poses
     assert calls[1][0] == [tiny_model.crop_box(R, t, K)] * 2  # around the first fit
     calls.clear()
-    assert [r.score for r in tiny_model.fit(images, [K, K], recrop=False)] == [0.5, 0.5] and len(calls) == 1
+    res = tiny_model.fit(images, [K, K], recrop=False, config=ONCE)
+    assert [r.score for r in res] == [0.5, 0.5] and len(calls) == 1
     # a given box: no second pass for that photo
     calls.clear()
-    res = tiny_model.fit(images, [K, K], bbox=[box, None])
+    res = tiny_model.fit(images, [K, K], bbox=[box, None], config=ONCE)
     assert [r.score for r in res] == [0.5, 0.7] and len(calls[1][0]) == 1
     # a first fit far from the training scale (object 3x smaller): the second fit is
     # kept even where it scores lower (the scores of the two crops are not comparable)
     far = dict(t=t * 3)
     monkeypatch.setattr(PoseModel, "_fit_once", lambda self, im, Ks, bx, cfg, init=None: [
         replace(r, **(far if init is None else {})) for r in fake(self, im, Ks, bx, cfg, init)])
-    res = tiny_model.fit(images, [K, K])
+    res = tiny_model.fit(images, [K, K], config=ONCE)
     assert [r.score for r in res] == [0.7, 0.3]
 
 
