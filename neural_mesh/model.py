@@ -240,7 +240,9 @@ class PoseModel:
             K: per photo ``(3, 3)`` intrinsics (a list or a ``(B, 3, 3)`` tensor; one
                 ``(3, 3)`` is shared).
             bbox: per photo a box ``(x0, y0, x1, y1)`` or None (a list of them), or None.
-            config: :class:`FitConfig`.
+            config: :class:`FitConfig`; its ``crop_ensemble`` and ``crop_shift`` set the
+                last pass, refinements on shifted crops averaged (module docstring;
+                ``crop_ensemble=0`` skips it, e.g. for faster tracking).
             recrop: without a box, crop around the first fit and fit again (the grid's
                 starts plus the first fit's pose); the second fit is kept when it scores
                 higher, or when the first found the object covering much less (or more)
