@@ -201,10 +201,7 @@ def shifted_box(model: PoseModel, box, shift: float) -> list[float]:
     """``box (x0, y0, x1, y1)`` moved right so that the crop :meth:`PoseModel.prepare`
     makes around it moves by ``shift`` of the model's input pixels (the object appears
     ``shift`` pixels left of where the box puts it)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    scale = max(x1 - x0, y1 - y0) / model.box_fraction / model.image_size[0]  # photo pixels per input pixel
-    dx = shift * scale
-    return [x0 + dx, y0, x1 + dx, y1]
+    return model.moved_box(box, shift, 0.0)
 
 
 def crop_shift_margins(model: PoseModel, samples, batch: int, shifts) -> dict[str, dict[str, float]]:

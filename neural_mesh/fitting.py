@@ -513,7 +513,8 @@ class FitConfig:
             the truth (``docs/pose_results.md``, "Averaging over shifted crops": the
             heavy rooms build's median L0 error on the ray caster's images from 5.3 to
             4.9 deg, for about 1.3 times the batched fitting time). The default shift, 4,
-            is half a cell of the stride-8 backbones. 0 returns the fit as it is.
+            is half a cell of the stride-8 backbones. 0 (or ``steps=0``) returns the fit
+            as it is.
     """
 
     num_azimuths: int = 12

@@ -308,9 +308,8 @@ class PoseModel:
         directions = [(math.cos(a), math.sin(a)) for a in (math.pi / 4 + 2 * math.pi * j / n for j in range(n))]
         shifted = []
         for result, K, box in zip(results, Ks, boxes):
-            x0, y0, x1, y1 = (float(v) for v in (box if box is not None else self.crop_box(result.R, result.t, K)))
-            step = config.crop_shift * max(x1 - x0, y1 - y0) / self.box_fraction / self.image_size[0]  # photo px
-            shifted += [[x0 + step * cx, y0 + step * cy, x1 + step * cx, y1 + step * cy] for cx, cy in directions]
+            box = box if box is not None else self.crop_box(result.R, result.t, K)
+            shifted += [self.moved_box(box, config.crop_shift * cx, config.crop_shift * cy) for cx, cy in directions]
         which = [i for i in range(len(results)) for _ in range(n)]
         init = (torch.stack([results[i].R for i in which]), torch.stack([results[i].t for i in which]))
         members = self._fit_once([images[i] for i in which], [Ks[i] for i in which], shifted,
@@ -360,6 +359,13 @@ class PoseModel:
         hw, hh = (x1 - x0) / 2.0, (y1 - y0) / 2.0
         u, v = float(o[0]), float(o[1])
         return [u - hw, v - hh, u + hw, v + hh]
+
+    def moved_box(self, box: Sequence[float], dx: float, dy: float) -> list[float]:
+        """``box (x0, y0, x1, y1)`` moved so that the crop :meth:`prepare` makes around it
+        moves by ``(dx, dy)`` of the model's input pixels."""
+        x0, y0, x1, y1 = (float(v) for v in box)
+        scale = max(x1 - x0, y1 - y0) / self.box_fraction / self.image_size[0]  # photo pixels per input pixel
+        return [x0 + dx * scale, y0 + dy * scale, x1 + dx * scale, y1 + dy * scale]
 
     def _needs_recrop(self, result: PoseResult, image: torch.Tensor, K: torch.Tensor) -> bool:
         H, W = image.shape[-2:]
