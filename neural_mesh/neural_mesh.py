@@ -377,11 +377,12 @@ def atomic_directory(directory: str | Path, replace_files: Sequence[str] | None 
     (the names in ``replace_files``, renamed over the old ones in that order; other files
     stay).
 
-    >>> import tempfile; root = Path(tempfile.mkdtemp())
+    >>> import tempfile; tmp = tempfile.TemporaryDirectory(); root = Path(tmp.name)
     >>> with atomic_directory(root / "d") as work:
     ...     _ = (work / "a.txt").write_text("1")
     >>> sorted(p.name for p in root.iterdir()), (root / "d" / "a.txt").read_text()
     (['d'], '1')
+    >>> tmp.cleanup()
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)

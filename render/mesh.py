@@ -280,15 +280,17 @@ def load_mesh(path: str | Path) -> Mesh:
             degenerate faces. The message is one line and starts with the path.
 
     >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "cuboid.ply")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "cuboid.ply")
     >>> save_mesh(cuboid_surface(torch.rand(50, 3), num_verts=200), path)
     >>> mesh = load_mesh(path)
     >>> mesh.verts.shape[1], mesh.faces.dtype, mesh.vertex_colors is None
     (3, torch.int64, True)
-    >>> load_mesh(os.path.join(tempfile.mkdtemp(), "missing.obj"))  # doctest: +ELLIPSIS
+    >>> load_mesh(os.path.join(tmp.name, "missing.obj"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     render.mesh.MeshError: .../missing.obj: no such file
+    >>> tmp.cleanup()
     """
     path = Path(path)
     if not path.exists():
@@ -408,10 +410,12 @@ def save_mesh(mesh: Mesh, path: str | Path) -> None:
         MeshError: unsupported extension or missing parent folder.
 
     >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "tri.obj")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "tri.obj")
     >>> save_mesh(Mesh(torch.eye(3), torch.tensor([[0, 1, 2]])), path)
     >>> load_mesh(path).num_faces
     1
+    >>> tmp.cleanup()
     """
     path = Path(path)
     suffix = path.suffix.lower()
