@@ -6,7 +6,7 @@ Usage::
     python -m datasets.make_mesh CATEGORY [--seed S] --out FILE
 
 The format follows ``FILE``'s extension (anything :func:`render.save_mesh` writes; vertex
-colours are kept where the format has them). The mesh is in the shapes' canonical frame
+colours are kept where the format has them); missing folders are created. The mesh is in the shapes' canonical frame
 (+y up, front towards +z, unit bounding sphere; :mod:`datasets.shapes`). The file is
 written atomically; bad arguments or an unwritable path give a one-line error and exit
 code 2.
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from render import MeshError, save_mesh
+from render.mesh import MESH_FORMATS
 from render.cli import Parser, non_negative_int
 
 from .shapes import CATEGORIES, make_shape
@@ -46,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     shape = make_shape(args.category, args.seed)
-    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}{out.suffix}")
+    tmp = out.parent / f".tmp-{uuid.uuid4().hex[:8]}-{out.name}"  # same suffix: save_mesh checks it
     try:
+        if out.suffix.lower() in MESH_FORMATS:
+            out.parent.mkdir(parents=True, exist_ok=True)
         save_mesh(shape.mesh, tmp)
         os.replace(tmp, out)
     except (MeshError, OSError) as error:

@@ -32,17 +32,17 @@ def test_writes_the_shape_in_its_frame_with_its_colours(tmp_path, suffix):
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
-def test_another_seed_is_another_shape(tmp_path):
+def test_another_seed_is_another_shape_and_folders_are_made(tmp_path):
     assert main(["car", "--out", str(tmp_path / "a.obj")]) == 0
-    assert main(["car", "--seed", "1", "--out", str(tmp_path / "b.obj")]) == 0
-    assert (tmp_path / "a.obj").read_bytes() != (tmp_path / "b.obj").read_bytes()
+    assert main(["car", "--seed", "1", "--out", str(tmp_path / "new" / "b.obj")]) == 0
+    assert (tmp_path / "a.obj").read_bytes() != (tmp_path / "new" / "b.obj").read_bytes()
 
 
 @pytest.mark.parametrize("args, words", [
     (["cat", "--out", "{tmp}/x.obj"], "invalid choice: 'cat'"),
     (["car", "--seed", "-1", "--out", "{tmp}/x.obj"], "expected an integer >= 0"),
     (["car", "--out", "{tmp}/x.xyz"], "unsupported mesh format"),
-    (["car", "--out", "{tmp}/missing/x.obj"], "parent folder does not exist"),
+    (["car", "--out", "{tmp}"], "unsupported mesh format '(no extension)'"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, words):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
