@@ -41,7 +41,7 @@ the margin at truth on crops around the true box moved by that many input pixels
 much the features depend on where the crop puts the object.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
-        [--center-jitter 0.04] [--center-on object|box]
+        [--center-jitter 0.04] [--center-on object|box] [--backbone small] [--image-size 128] [--output-stride 8]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
         [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
@@ -73,7 +73,7 @@ import torch
 from datasets.raycast import EFFECTS as RAYCAST_EFFECTS
 from datasets.synthetic import LIGHTINGS
 from neural_mesh.build import BuildConfig, build_model, cache_key, default_cache_dir
-from neural_mesh.backbones import feature_intrinsics
+from neural_mesh.backbones import OUTPUT_STRIDES, PRESETS, feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
 from neural_mesh.metrics import rotation_error
 from neural_mesh.model import PoseModel
@@ -281,7 +281,6 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, d
     on ``device``. A build with a fine-tuning stage gets one too: the first stage's
     baseline (cached as its own) trained on for ``finetune_steps`` on the stage's renders
     with a fresh Adam at ``finetune_lr``."""
-    from neural_mesh.backbones import PRESETS
     from neural_mesh.regression import RegressionConfig, load_regressor, train_regressor
     from neural_mesh.training import default_workers
 
@@ -378,6 +377,13 @@ def main(argv=None) -> int:
     p.add_argument("--lighting", choices=LIGHTINGS, default=BuildConfig.lighting,
                    help="how the training renders are lit: Lambert only, or also highlights, self- and floor "
                         "shadows and a light-term gamma (BuildConfig.lighting)")
+    p.add_argument("--backbone", choices=sorted(PRESETS), default=BuildConfig.backbone,
+                   help="backbone of both methods (BuildConfig.backbone)")
+    p.add_argument("--image-size", type=int, default=BuildConfig.image_size, metavar="S",
+                   help="side of the square training renders and model input, in pixels "
+                        "(BuildConfig.image_size)")
+    p.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=BuildConfig.output_stride,
+                   help="input pixels per feature-map cell (BuildConfig.output_stride)")
     p.add_argument("--room-probability", type=float, default=BuildConfig.room_probability, metavar="P",
                    help="chance of a 3D floor and wall around the object in a training render "
                         "(BuildConfig.room_probability)")
@@ -451,7 +457,8 @@ def main(argv=None) -> int:
                             finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
                             finetune_center_jitter=args.finetune_center_jitter, lighting=args.lighting,
                             finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
-                            finetune_room_probability=args.finetune_room_probability)
+                            finetune_room_probability=args.finetune_room_probability, backbone=args.backbone,
+                            image_size=args.image_size, output_stride=args.output_stride)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -474,7 +481,9 @@ def main(argv=None) -> int:
                          "finetune_center_jitter": build.finetune_center_jitter,
                          "lighting": build.lighting, "finetune_lighting": build.finetune_lighting,
                          "room_probability": build.room_probability,
-                         "finetune_room_probability": build.finetune_room_probability, "n": args.n,
+                         "finetune_room_probability": build.finetune_room_probability,
+                         "backbone": build.backbone, "image_size": build.image_size,
+                         "output_stride": build.output_stride, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "fit_config": dataclasses.asdict(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pose import TEST_SEED, summary  # noqa: E402
+from neural_mesh.build import BuildConfig  # noqa: E402
 
 #: run settings that may differ between the pooled runs: everything else must agree
 PER_RUN = ("n", "test_seed", "device", "levels")
@@ -39,7 +40,8 @@ class PoolError(ValueError):
 
 
 def read_run(path: Path) -> dict:
-    """One ``bench_pose.py --json`` file (a run without ``test_seed`` used the default)."""
+    """One ``bench_pose.py --json`` file (a run without ``test_seed``, ``backbone``,
+    ``image_size`` or ``output_stride`` used the default)."""
     try:
         run = json.loads(Path(path).read_text())
     except OSError as error:
@@ -54,6 +56,8 @@ def read_run(path: Path) -> dict:
                 raise PoolError(f"{path}: {level} {method} keeps no per-image errors "
                                 "('errors_deg'; written by an older bench_pose.py)")
     run.setdefault("test_seed", TEST_SEED)
+    for key in ("backbone", "image_size", "output_stride"):  # recorded since these became flags
+        run.setdefault(key, getattr(BuildConfig, key))
     return run
 
 
