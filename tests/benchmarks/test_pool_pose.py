@@ -87,6 +87,7 @@ def test_a_run_without_backbone_size_or_stride_used_the_defaults(tmp_path):
     ({"finetune_steps": 4000}, "differ in 'finetune_steps'"),
     ({"renderer": "raycast"}, "differ in 'renderer'"),
     ({"image_size": 192}, "differ in 'image_size'"),
+    ({"mesh_kind": "cuboid"}, "differ in 'mesh_kind'"),
     ({"fit": {"upsample": 1}}, "differ in 'fit'"),
     ({"fit_config": {"crop_ensemble": 0}}, "differ in 'fit_config'"),
     ({"test_seed": 1}, "L0 on test seed 1: its images would count twice"),
