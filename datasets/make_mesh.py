@@ -6,10 +6,10 @@ Usage::
     python -m datasets.make_mesh CATEGORY [--seed S] --out FILE
 
 The format follows ``FILE``'s extension (anything :func:`render.save_mesh` writes; vertex
-colours are kept where the format has them); missing folders are created. The mesh is in the shapes' canonical frame
-(+y up, front towards +z, unit bounding sphere; :mod:`datasets.shapes`). The file is
-written atomically; bad arguments or an unwritable path give a one-line error and exit
-code 2.
+colours are kept where the format has them); missing folders are created. The mesh is in
+the shapes' canonical frame (+y up, front towards +z, unit bounding sphere;
+:mod:`datasets.shapes`). The file is written atomically; bad arguments or an unwritable
+path give a one-line error and exit code 2.
 
 >>> import tempfile
 >>> tmp = tempfile.TemporaryDirectory()
