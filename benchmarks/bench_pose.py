@@ -42,7 +42,7 @@ much the features depend on where the crop puts the object.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
         [--center-jitter 0.04] [--center-on object|box] [--backbone small] [--image-size 128] [--output-stride 8]
-        [--mesh-kind remesh|cuboid]
+        [--mesh-kind remesh|cuboid] [--num-verts 400]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
         [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
@@ -388,6 +388,8 @@ def main(argv=None) -> int:
     p.add_argument("--mesh-kind", choices=("remesh", "cuboid"), default=BuildConfig.mesh_kind,
                    help="the neural mesh: a remesh of the surface, or NeMo's cuboid around it "
                         "(BuildConfig.mesh_kind)")
+    p.add_argument("--num-verts", type=int, default=BuildConfig.num_verts, metavar="V",
+                   help="vertex target of the neural mesh (BuildConfig.num_verts)")
     p.add_argument("--room-probability", type=float, default=BuildConfig.room_probability, metavar="P",
                    help="chance of a 3D floor and wall around the object in a training render "
                         "(BuildConfig.room_probability)")
@@ -463,7 +465,7 @@ def main(argv=None) -> int:
                             finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
                             finetune_room_probability=args.finetune_room_probability, backbone=args.backbone,
                             image_size=args.image_size, output_stride=args.output_stride,
-                            mesh_kind=args.mesh_kind)
+                            mesh_kind=args.mesh_kind, num_verts=args.num_verts)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -488,7 +490,8 @@ def main(argv=None) -> int:
                          "room_probability": build.room_probability,
                          "finetune_room_probability": build.finetune_room_probability,
                          "backbone": build.backbone, "image_size": build.image_size,
-                         "output_stride": build.output_stride, "mesh_kind": build.mesh_kind, "n": args.n,
+                         "output_stride": build.output_stride, "mesh_kind": build.mesh_kind,
+                         "num_verts": build.num_verts, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "fit_config": dataclasses.asdict(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,

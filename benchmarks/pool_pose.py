@@ -41,7 +41,7 @@ class PoolError(ValueError):
 
 def read_run(path: Path) -> dict:
     """One ``bench_pose.py --json`` file (a run without ``test_seed``, ``backbone``,
-    ``image_size``, ``output_stride`` or ``mesh_kind`` used the default)."""
+    ``image_size``, ``output_stride``, ``mesh_kind`` or ``num_verts`` used the default)."""
     try:
         run = json.loads(Path(path).read_text())
     except OSError as error:
@@ -56,7 +56,8 @@ def read_run(path: Path) -> dict:
                 raise PoolError(f"{path}: {level} {method} keeps no per-image errors "
                                 "('errors_deg'; written by an older bench_pose.py)")
     run.setdefault("test_seed", TEST_SEED)
-    for key in ("backbone", "image_size", "output_stride", "mesh_kind"):  # recorded since these became flags
+    # recorded since these became flags
+    for key in ("backbone", "image_size", "output_stride", "mesh_kind", "num_verts"):
         run.setdefault(key, getattr(BuildConfig, key))
     return run
 

@@ -316,14 +316,14 @@ def _record_builds(bench, monkeypatch) -> list:
     return seen
 
 
-def test_bench_pose_passes_backbone_image_size_stride_and_mesh_kind_to_the_build(tmp_path, capsys, monkeypatch):
+def test_bench_pose_passes_backbone_image_size_stride_and_mesh_to_the_build(tmp_path, capsys, monkeypatch):
     bench = load_bench()
     seen = _record_builds(bench, monkeypatch)
     with pytest.raises(SystemExit):
         bench.main(["--steps", "5", "--backbone", "resnet18", "--image-size", "96", "--output-stride", "4",
-                    "--mesh-kind", "cuboid", "--no-regression", "--cache", str(tmp_path)])
-    assert (seen[0].backbone, seen[0].image_size, seen[0].output_stride, seen[0].mesh_kind) == (
-        "resnet18", 96, 4, "cuboid")
+                    "--mesh-kind", "cuboid", "--num-verts", "700", "--no-regression", "--cache", str(tmp_path)])
+    assert (seen[0].backbone, seen[0].image_size, seen[0].output_stride, seen[0].mesh_kind, seen[0].num_verts) == (
+        "resnet18", 96, 4, "cuboid", 700)
     with pytest.raises(SystemExit) as stop:
         bench.main(["--image-size", "16", "--no-regression", "--n", "1"])
     assert stop.value.code == 2 and "image_size" in capsys.readouterr().err
