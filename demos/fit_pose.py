@@ -21,13 +21,14 @@ mesh file's content and the build settings, so later runs start at once.
 ``--build-steps``, ``--build-size`` and ``--build-occlusion`` change the build settings
 (fewer steps or smaller renders: faster to build, worse poses), and
 ``--build-finetune-steps``, ``--build-finetune-occlusion``, ``--build-finetune-lr`` and
-``--build-finetune-center-jitter`` add a fine-tuning stage (:class:`neural_mesh.build.BuildConfig`). The most accurate build
-measured so far on images another renderer drew is ``--build-steps 24000 --build-occlusion 0 0.5
---build-finetune-steps 4000 --build-finetune-occlusion 0.2 0.7 --build-finetune-lr 3e-5``
-(occluders hiding up to half of the object in the training renders, then 20-70% of it
-while fine-tuning; 1 h 20 min to 2 h 40 min on 2 CPU cores, once); ``--build-steps 24000
---build-occlusion 0.2 0.7`` does better on our own renders and worse on another
-renderer's: see the README's status section for their accuracy.
+``--build-finetune-center-jitter`` add a fine-tuning stage (:class:`neural_mesh.build.BuildConfig`). The build
+that meets the synthetic accuracy targets for the bundled chair, on our renders and
+another renderer's, is ``--build-steps 24000 --build-occlusion 0.2 0.7
+--build-finetune-steps 4000 --build-finetune-occlusion 0 0.5 --build-finetune-lr 3e-5
+--build-finetune-room-probability 0.5`` (occluders hiding 20-70% of the object in the
+training renders, then up to half of it, with a 3D floor and wall behind half of the
+fine-tuning renders; 1 h 20 min to 2 h 40 min on 2 CPU cores, once): see the README's
+status section for its accuracy, and for other meshes.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
 pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
