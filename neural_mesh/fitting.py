@@ -325,9 +325,9 @@ def object_margins(
     minus the clutter score. A diagnostic of a trained model on images with ground truth:
     the fitting's evidence for the true pose. On the 40 held-out unoccluded renders of
     the bundled chair (``benchmarks/bench_pose.py --model DIR --no-regression``, L0), the
-    default 1,000-step build has a mean of -0.025 (47% of the object's pixels explained
-    better by the object than by clutter) and a 12,000-step build with occluders +0.039
-    (65%). Occluded pixels count against it, so it falls with the occlusion level.
+    1,000-step build (the former default) has a mean of -0.025 (47% of the object's
+    pixels explained better by the object than by clutter) and a 12,000-step build with
+    occluders +0.039 (65%). Occluded pixels count against it, so it falls with the occlusion level.
 
     Args:
         feature_map: ``(B, C, h, w)`` image features (unit vectors).
