@@ -52,7 +52,7 @@ class BuildConfig:
     pixels: about 7 minutes on 2 idle CPU cores (one of them rendering; 6 min 37 s for
     the first ``make demo``, VMs have differed by up to 2x). Twice the
     former 1,000 steps took L0 Acc@pi/6 from 82.5% to 94.2% for the bundled chair and from
-    56.7% to 70.0% for a procedural car, on 120 held-out renders each (test seed 3;
+    40.8% to 70.0% for a procedural car, on 120 held-out renders each (test seed 3;
     ``docs/pose_results.md``, "More steps, not more vertices or colours"); L2 moved
     within its noise (35.0% to 25.8%, 27.5% to 32.5%). The other defaults were chosen
     on 24 held-out renders per level of the bundled chair (``benchmarks/bench_pose.py``'s
