@@ -54,7 +54,7 @@ class BuildConfig:
     former 1,000 steps took L0 Acc@pi/6 from 82.5% to 94.2% for the bundled chair and from
     40.8% to 70.0% for a procedural car, on 120 held-out renders each (test seed 3;
     ``docs/pose_results.md``, "More steps, not more vertices or colours"); L2 moved
-    within its noise (35.0% to 25.8%, 27.5% to 32.5%). The other defaults were chosen
+    within its noise (35.0% to 25.8%, 24.2% to 26.7%). The other defaults were chosen
     on 24 held-out renders per level of the bundled chair (``benchmarks/bench_pose.py``'s
     test sets, default fitting): objects drawn larger than the engine's default (distances 3.4-5 instead of
     4-6: about 12 instead of 10 feature cells across), then 400 instead of NeMo's 1,000
