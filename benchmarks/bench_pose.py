@@ -40,7 +40,7 @@ wrong pose, and only better features can help. ``--crop-shifts 0 2 4 8`` adds a 
 the margin at truth on crops around the true box moved by that many input pixels: how
 much the features depend on where the crop puts the object.
 
-    .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 1000] [--occlusion 0 0.5]
+    .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 2000] [--occlusion 0 0.5]
         [--center-jitter 0.04] [--center-on object|box] [--backbone small] [--image-size 128] [--output-stride 8]
         [--mesh-kind remesh|cuboid] [--num-verts 400]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
@@ -78,7 +78,7 @@ from neural_mesh.backbones import OUTPUT_STRIDES, PRESETS, feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
 from neural_mesh.metrics import rotation_error
 from neural_mesh.model import PoseModel
-from neural_mesh.neural_mesh import ModelError
+from neural_mesh.neural_mesh import MESH_KINDS, ModelError
 from render.allocator import tune_cpu_allocator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -385,7 +385,7 @@ def main(argv=None) -> int:
                         "(BuildConfig.image_size)")
     p.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=BuildConfig.output_stride,
                    help="input pixels per feature-map cell (BuildConfig.output_stride)")
-    p.add_argument("--mesh-kind", choices=("remesh", "cuboid"), default=BuildConfig.mesh_kind,
+    p.add_argument("--mesh-kind", choices=MESH_KINDS, default=BuildConfig.mesh_kind,
                    help="the neural mesh: a remesh of the surface, or NeMo's cuboid around it "
                         "(BuildConfig.mesh_kind)")
     p.add_argument("--num-verts", type=int, default=BuildConfig.num_verts, metavar="V",

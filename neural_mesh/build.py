@@ -35,7 +35,7 @@ from render.checks import check_int_fields
 
 from .backbones import OUTPUT_STRIDES, PRESETS
 from .model import MODEL_VERSION, PoseModel, box_fraction_of
-from .neural_mesh import ModelError, file_sha256
+from .neural_mesh import MESH_KINDS, ModelError, file_sha256
 from .training import LR_SCHEDULES, TrainConfig, default_workers, synthetic_data, train
 
 __all__ = ["BuildConfig", "build_model", "cache_key", "default_cache_dir", "model_cache_path"]
@@ -162,7 +162,7 @@ class BuildConfig:
         if self.output_stride not in OUTPUT_STRIDES or isinstance(self.output_stride, bool):
             raise ValueError(f"BuildConfig.output_stride: expected one of {list(OUTPUT_STRIDES)}, "
                              f"got {self.output_stride!r}")
-        if self.mesh_kind not in ("remesh", "cuboid"):
+        if self.mesh_kind not in MESH_KINDS:
             raise ValueError(f"BuildConfig.mesh_kind: expected 'remesh' or 'cuboid', got {self.mesh_kind!r}")
         for name in ("lr", "finetune_lr"):
             value = getattr(self, name)

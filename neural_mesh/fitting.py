@@ -327,7 +327,8 @@ def object_margins(
     the bundled chair (``benchmarks/bench_pose.py --model DIR --no-regression``, L0), the
     1,000-step build (the former default) has a mean of -0.025 (47% of the object's
     pixels explained better by the object than by clutter) and a 12,000-step build with
-    occluders +0.039 (65%). Occluded pixels count against it, so it falls with the occlusion level.
+    occluders +0.039 (65%). Occluded pixels count against it, so it falls with the
+    occlusion level.
 
     Args:
         feature_map: ``(B, C, h, w)`` image features (unit vectors).

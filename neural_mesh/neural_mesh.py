@@ -50,6 +50,7 @@ __all__ = [
     "CONFIG_FILE",
     "DEFAULT_FEATURE_DIM",
     "DEFAULT_CLUTTER_SIZE",
+    "MESH_KINDS",
     "mesh_hash",
     "atomic_directory",
     "file_sha256",
@@ -67,7 +68,8 @@ DEFAULT_FEATURE_DIM = 128
 DEFAULT_CLUTTER_SIZE = 2048
 
 _TENSORS = ("verts", "faces", "features", "clutter")
-_KINDS = ("cuboid", "remesh")
+#: The kinds of neural-mesh surface (:meth:`NeuralMesh.from_mesh`).
+MESH_KINDS = ("cuboid", "remesh")
 
 
 class ModelError(ValueError):
@@ -216,8 +218,8 @@ class NeuralMesh:
         Returns:
             A float32 neural mesh on ``mesh``'s device.
         """
-        if kind not in _KINDS:
-            raise ValueError(f"kind: expected one of {', '.join(_KINDS)}, got {kind!r}")
+        if kind not in MESH_KINDS:
+            raise ValueError(f"kind: expected one of {', '.join(MESH_KINDS)}, got {kind!r}")
         if feature_dim < 1 or clutter_size < 1:
             raise ValueError(
                 f"feature_dim, clutter_size: expected >= 1, got {feature_dim}, {clutter_size}"

@@ -132,7 +132,7 @@ from render import Mesh, rasterize
 from render.checks import check_int_fields, check_number_fields, check_shape
 
 from .backbones import PRESETS, BackboneConfig, FeatureBackbone
-from .neural_mesh import ModelError, NeuralMesh, file_sha256
+from .neural_mesh import MESH_KINDS, ModelError, NeuralMesh, file_sha256
 from .checkpoints import (
     LATEST_FILE,
     OPTIMIZER_FILE,
@@ -742,7 +742,7 @@ class TrainConfig:
             if isinstance(r3, bool) or not isinstance(r3, (int, float)) or not (math.isfinite(r3) and r3 >= 0):
                 raise ValueError(f"TrainConfig.neighbor_radius_3d: expected None or a number >= 0, got {r3!r}")
             object.__setattr__(self, "neighbor_radius_3d", float(r3))
-        if self.mesh_kind not in ("cuboid", "remesh"):
+        if self.mesh_kind not in MESH_KINDS:
             raise ValueError(f"TrainConfig.mesh_kind: expected 'cuboid' or 'remesh', got {self.mesh_kind!r}")
         if self.mesh_kind == "remesh" and self.data.get("kind") == "synthetic" and not self.data.get("mesh"):
             raise ValueError("TrainConfig.mesh_kind: 'remesh' needs one training mesh (procedural categories use cuboids)")
