@@ -343,12 +343,14 @@ def _box(lo, hi, max_edge: float):
         gu, gv = np.meshgrid(np.linspace(lo[u], hi[u], nu + 1), np.linspace(lo[v], hi[v], nv + 1), indexing="ij")
         idx = np.arange((nu + 1) * (nv + 1)).reshape(nu + 1, nv + 1)
         a, b, c, d = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
-        quad = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])  # normal +axis
+        quad = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])  # normal u x v
+        # u x v is +axis where (u, v, axis) is a cyclic permutation of (x, y, z), i.e. for
+        # the x and z sides; for the y sides (u, v) = (x, z) and x x z = -y
+        sign = -1 if axis == 1 else 1
         for side, value in ((-1, lo[axis]), (1, hi[axis])):
             grid = np.zeros((idx.size, 3))
             grid[:, u], grid[:, v], grid[:, axis] = gu.ravel(), gv.ravel(), value
-            # (u, v, axis) is a cyclic permutation of (x, y, z), so u x v = +axis
-            f = quad if side > 0 else quad[:, [0, 2, 1]]
+            f = quad if side * sign > 0 else quad[:, [0, 2, 1]]
             verts.append(grid)
             faces.append(f + count)
             count += len(grid)

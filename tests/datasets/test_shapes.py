@@ -35,6 +35,16 @@ def signed_volume(verts: np.ndarray, faces: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", v0, np.cross(v1, v2)).sum() / 6.0)
 
 
+def axis_volumes(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """``(3,)``: the flux of ``x e_x``, ``y e_y`` and ``z e_z`` through the surface. For a
+    closed surface each equals its volume (divergence theorem), and a face wound the wrong
+    way lowers the one of its normal's axis: the y sides of a box turned inward leave the
+    total volume positive but make the y flux negative."""
+    tri = verts[faces]
+    doubled_area_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    return (tri.mean(axis=1) * doubled_area_normals).sum(axis=0) / 2.0
+
+
 all_shapes = pytest.mark.parametrize("category,seed", [(c, s) for c in CATEGORIES for s in SEEDS])
 
 
@@ -85,7 +95,11 @@ def test_parts_are_closed_and_oriented_outward(category, seed):
     verts, faces = s.mesh.verts.double().numpy(), s.mesh.faces.numpy()
     for p, name in enumerate(s.part_names):
         part_faces = faces[s.part_ids.numpy() == p]
-        assert signed_volume(verts, part_faces) > 0, f"{s.mesh_id}: part {name} is inside out"
+        volume = signed_volume(verts, part_faces)
+        assert volume > 0, f"{s.mesh_id}: part {name} is inside out"
+        # every face outward, not only most of them: the flux along each axis is the volume
+        np.testing.assert_allclose(axis_volumes(verts, part_faces), volume, rtol=1e-6,
+                                   err_msg=f"{s.mesh_id}: part {name} has faces wound inward")
         # closed: the volume does not depend on the origin (it would for an open surface)
         shifted = signed_volume(verts + np.array([0.3, -0.2, 0.5]), part_faces)
         assert math.isclose(shifted, signed_volume(verts, part_faces), rel_tol=1e-4, abs_tol=1e-9)
