@@ -112,7 +112,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from render import angles_to_pose, interpolate, pose_to_angles, rasterize
+from render import angles_to_pose, interpolate, is_closed_outward, pose_to_angles, rasterize
 from render.checks import (
     check_finite,
     check_floating,
@@ -155,6 +155,14 @@ def _ray(K: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
 
+def _culls(nmesh: NeuralMesh, cull_backfaces: bool) -> bool:
+    """Whether to skip back faces: asked for, and safe because the surface is closed and
+    wound outward (:func:`render.is_closed_outward`), so culling changes nothing a z-buffer
+    shows. Other surfaces (open, or wound either way, as many CAD models are, and most
+    remeshes of thin parts) are drawn two-sided: culling would cut holes in them."""
+    return bool(cull_backfaces) and is_closed_outward(nmesh.verts, nmesh.faces)
+
+
 def mean_clutter_feature(clutter: torch.Tensor) -> torch.Tensor:
     """NeMo's clutter model at inference: the L2-normalised mean of the bank.
 
@@ -190,8 +198,9 @@ def render_features(
         K_feat: ``(3, 3)`` or ``(B, 3, 3)`` intrinsics **of the feature map** (pixels of
             the map; see the module docstring for the stride mapping).
         size: ``(h, w)`` of the feature map.
-        cull_backfaces: skip faces turned away from the camera (right for closed meshes;
-            saves about half the work).
+        cull_backfaces: skip faces turned away from the camera where that changes
+            nothing but speed: when the surface is closed and wound outward
+            (:func:`render.is_closed_outward`); other surfaces are drawn two-sided.
 
     Returns:
         ``feat (B, C, h, w)``: interpolated vertex features renormalised to unit length on
@@ -206,7 +215,7 @@ def render_features(
     faces = nmesh.faces.to(R.device)
     feats = nmesh.features.to(R.device, R.dtype)
     verts_cam = verts @ R.transpose(1, 2) + t[:, None, :]
-    frags = rasterize(verts_cam, faces, K_feat.to(R.dtype), (h, w), cull_backfaces=cull_backfaces)
+    frags = rasterize(verts_cam, faces, K_feat.to(R.dtype), (h, w), cull_backfaces=_culls(nmesh, cull_backfaces))
     out = interpolate(frags, faces, feats[None])  # (B, h, w, C), 0 on background
     mask = frags.mask
     norm = out.norm(dim=-1, keepdim=True)
@@ -483,7 +492,9 @@ class FitConfig:
         polish: after the refinement, restart Adam (fresh rates and moments) this many
             times at each image's best pose, keeping a restart only if it lowers the
             loss (module docstring; NeMo: 0).
-        cull_backfaces: skip back faces when rendering (for closed meshes).
+        cull_backfaces: skip back faces when rendering, where the neural mesh is closed
+            and wound outward (:func:`render.is_closed_outward`: there it only saves
+            time); other surfaces are always drawn two-sided.
         locate: without a bbox, locate the object from the feature map (else: principal
             point and half the shorter image side).
         distance: fixed initial distance for every grid pose (NeMo), or None to match
@@ -696,7 +707,7 @@ class InitGrid:
         R, t = angles_to_pose(A, E, T, torch.full_like(A, dist))
         with torch.no_grad():
             verts_cam = nmesh.verts @ R.transpose(1, 2) + t[:, None, :]
-            frags = rasterize(verts_cam, nmesh.faces, K, (res, res), cull_backfaces=config.cull_backfaces)
+            frags = rasterize(verts_cam, nmesh.faces, K, (res, res), cull_backfaces=_culls(nmesh, config.cull_backfaces))
         p2f = frags.pix_to_face.reshape(A.numel(), res * res)
         masks = p2f >= 0
         counts = masks.sum(1)
@@ -1075,12 +1086,13 @@ def _refine(
     curves: list[list[float]] = [[] for _ in range(n)]
     active = torch.arange(n, device=x.device)
     shared_K = K_feat_c.dim() == 2
+    cull = _culls(nmesh, config.cull_backfaces)
     for step in range(config.steps + 1):
         last = step == config.steps
         xa = x.index_select(0, active).requires_grad_(not last)
         Ka = K_feat_c if shared_K else K_feat_c.index_select(0, active)
         with torch.set_grad_enabled(not last):
-            loss = _candidate_losses(xa, image_of.index_select(0, active), Ka, nmesh, tables, config.cull_backfaces)
+            loss = _candidate_losses(xa, image_of.index_select(0, active), Ka, nmesh, tables, cull)
         ld = loss.detach()
         for j, c in enumerate(active.tolist()):
             curves[c].append(float(ld[j]))

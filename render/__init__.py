@@ -47,6 +47,7 @@ from .mesh import (
     MeshError,
     center_and_scale,
     cuboid_surface,
+    is_closed_outward,
     load_mesh,
     remesh_surface,
     save_mesh,
@@ -97,6 +98,7 @@ __all__ = [
     "validate_mesh",
     "center_and_scale",
     "cuboid_surface",
+    "is_closed_outward",
     "remesh_surface",
     # rasterization and interpolation
     "Fragments",

@@ -37,6 +37,7 @@ __all__ = [
     "MeshError",
     "center_and_scale",
     "cuboid_surface",
+    "is_closed_outward",
     "load_mesh",
     "remesh_surface",
     "save_mesh",
@@ -630,6 +631,44 @@ def _cuboid_grid(counts: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- remeshing
+
+
+def is_closed_outward(verts: torch.Tensor, faces: torch.Tensor) -> bool:
+    """Whether a surface is closed with every face wound outward, so that back-face
+    culling hides nothing a z-buffer would show (it only saves work).
+
+    True when every directed edge ``(a, b)`` of the faces occurs exactly once and so does
+    its reverse ``(b, a)`` (closed, each edge shared by two faces wound consistently), and
+    each connected piece encloses a positive volume (wound outward, not inside out).
+    Meshes from the wild often fail it: CAD models with faces wound either way, open or
+    non-manifold surfaces, and remeshes of features thinner than the remesh's spacing
+    (:func:`remesh_surface`). Vertices must be welded (shared by the faces that meet).
+
+    Args:
+        verts: ``(V, 3)`` vertex positions.
+        faces: ``(F, 3)`` vertex indices.
+
+    >>> box = trimesh.creation.box()
+    >>> v, f = torch.tensor(box.vertices), torch.tensor(box.faces)
+    >>> is_closed_outward(v, f), is_closed_outward(v, f.flip(1)), is_closed_outward(v, f[1:])
+    (True, False, False)
+    """
+    f = faces.detach().cpu().numpy().astype(np.int64)
+    if f.shape[0] == 0:
+        return False
+    n = int(f.max()) + 1
+    src, dst = f.ravel(), f[:, [1, 2, 0]].ravel()
+    directed = src * n + dst
+    unique, counts = np.unique(directed, return_counts=True)
+    if (counts != 1).any() or not np.isin(dst * n + src, unique).all():
+        return False
+    v = verts.detach().cpu().double().numpy()
+    graph = coo_matrix((np.ones(src.size), (src, dst)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    piece = label[f[:, 0]]  # the connected piece of each face
+    tri = v[f]
+    six_volumes = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2]))
+    return bool((np.bincount(piece, weights=six_volumes)[np.unique(piece)] > 0).all())
 
 
 def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0) -> Mesh:

@@ -149,6 +149,37 @@ def test_render_features_matches_the_reference_rasterizer(model):
     assert_close(feat, ref, atol=1e-5, rtol=0)
 
 
+def _rewound(nm: NeuralMesh) -> NeuralMesh:
+    """The model with every other face wound inward, as in many CAD models."""
+    faces = nm.faces.clone()
+    faces[::2] = faces[::2].flip(1)
+    return dataclasses.replace(nm, faces=faces)
+
+
+def test_render_features_draws_a_wrongly_wound_surface_two_sided(model):
+    # back-face culling (the default) would cut the inward faces out of the picture; it is
+    # only used on closed, outward surfaces, where it changes nothing
+    nm, _ = model
+    R, t = pose_from_params(_params(POSES[0]), K)
+    feat, mask = render_features(nm, R, t, _feature_K(K), MAP_SIZE)
+    feat_two_sided, mask_two_sided = render_features(nm, R, t, _feature_K(K), MAP_SIZE, cull_backfaces=False)
+    rewound_feat, rewound_mask = render_features(_rewound(nm), R, t, _feature_K(K), MAP_SIZE)
+    assert torch.equal(mask, mask_two_sided) and torch.equal(mask, rewound_mask)
+    assert_close(rewound_feat, feat, atol=1e-5, rtol=0)
+    assert_close(feat_two_sided, feat, atol=1e-5, rtol=0)
+
+
+def test_fit_does_not_depend_on_the_faces_winding(model):
+    nm, mu = model
+    fmap, R_true, _ = synthetic_map(nm, mu, POSES[0], seed=5)
+    config = dataclasses.replace(CONFIG, top_k=1)
+    kw = dict(image_size=IMAGE_SIZE, stride=STRIDE, config=config)
+    (fit,) = fit_pose(fmap, nm, K, **kw)
+    (rewound,) = fit_pose(fmap, _rewound(nm), K, **kw)
+    assert _deg(fit.R, R_true) < 5.0
+    assert _deg(rewound.R, fit.R) < 0.5 and rewound.score == pytest.approx(fit.score, abs=1e-4)
+
+
 def test_feature_cell_centres_follow_the_stride_convention(model):
     # the object origin placed at pixel (8 j + 3.5, 8 i + 3.5) projects to cell (i, j)
     Kf = _feature_K(K)

@@ -13,6 +13,7 @@ from render.mesh import (
     MeshError,
     center_and_scale,
     cuboid_surface,
+    is_closed_outward,
     load_mesh,
     remesh_surface,
     save_mesh,
@@ -459,6 +460,25 @@ def test_cuboid_surface_vertex_count_within_tolerance(extent, num_verts):
     assert abs(mesh.num_verts / num_verts - 1) <= 0.15
     # a closed grid surface: V - E + F = 2 with E = 3F / 2
     assert mesh.num_faces == 2 * mesh.num_verts - 4
+
+
+def test_is_closed_outward_needs_every_face_wound_outward_on_a_closed_surface():
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    verts, faces = torch.tensor(box.vertices), torch.tensor(box.faces)
+    assert is_closed_outward(verts, faces)
+    one_flipped = faces.clone()
+    one_flipped[3] = one_flipped[3].flip(0)
+    assert not is_closed_outward(verts, one_flipped)
+    assert not is_closed_outward(verts, faces.flip(1))  # closed and consistent, but inside out
+    assert not is_closed_outward(verts, faces[1:])  # open
+    # two pieces: both must enclose a positive volume
+    two_verts = torch.cat([verts, verts + 5.0])
+    assert is_closed_outward(two_verts, torch.cat([faces, faces + 8]))
+    assert not is_closed_outward(two_verts, torch.cat([faces, faces.flip(1) + 8]))
+    # an unwelded soup shares no edge between faces
+    soup = verts[faces].reshape(-1, 3)
+    assert not is_closed_outward(soup, torch.arange(soup.shape[0]).reshape(-1, 3))
+    assert not is_closed_outward(verts, faces[:0])
 
 
 def test_cuboid_surface_is_closed_with_outward_normals():
