@@ -637,9 +637,9 @@ def is_closed_outward(verts: torch.Tensor, faces: torch.Tensor) -> bool:
     """Whether a surface is closed with every face wound outward, so that back-face
     culling hides nothing a z-buffer would show (it only saves work).
 
-    True when every directed edge ``(a, b)`` of the faces occurs exactly once and so does
-    its reverse ``(b, a)`` (closed, each edge shared by two faces wound consistently), and
-    each connected piece encloses a positive volume (wound outward, not inside out).
+    True when every edge is shared by exactly two faces wound consistently (trimesh's
+    ``is_watertight`` and ``is_winding_consistent``) and each connected piece encloses a
+    positive volume (wound outward, not inside out).
     Meshes from the wild often fail it: CAD models with faces wound either way, open or
     non-manifold surfaces, and remeshes of features thinner than the remesh's spacing
     (:func:`remesh_surface`). Vertices must be welded (shared by the faces that meet).
@@ -653,22 +653,12 @@ def is_closed_outward(verts: torch.Tensor, faces: torch.Tensor) -> bool:
     >>> is_closed_outward(v, f), is_closed_outward(v, f.flip(1)), is_closed_outward(v, f[1:])
     (True, False, False)
     """
-    f = faces.detach().cpu().numpy().astype(np.int64)
-    if f.shape[0] == 0:
+    if faces.shape[0] == 0:
         return False
-    n = int(f.max()) + 1
-    src, dst = f.ravel(), f[:, [1, 2, 0]].ravel()
-    directed = src * n + dst
-    unique, counts = np.unique(directed, return_counts=True)
-    if (counts != 1).any() or not np.isin(dst * n + src, unique).all():
+    surface = trimesh.Trimesh(verts.detach().cpu().double().numpy(), faces.detach().cpu().numpy(), process=False)
+    if not (surface.is_watertight and surface.is_winding_consistent):
         return False
-    v = verts.detach().cpu().double().numpy()
-    graph = coo_matrix((np.ones(src.size), (src, dst)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    piece = label[f[:, 0]]  # the connected piece of each face
-    tri = v[f]
-    six_volumes = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2]))
-    return bool((np.bincount(piece, weights=six_volumes)[np.unique(piece)] > 0).all())
+    return all(piece.volume > 0 for piece in surface.split(only_watertight=False))
 
 
 def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0) -> Mesh:
