@@ -163,7 +163,7 @@ class BuildConfig:
             raise ValueError(f"BuildConfig.output_stride: expected one of {list(OUTPUT_STRIDES)}, "
                              f"got {self.output_stride!r}")
         if self.mesh_kind not in MESH_KINDS:
-            raise ValueError(f"BuildConfig.mesh_kind: expected 'remesh' or 'cuboid', got {self.mesh_kind!r}")
+            raise ValueError(f"BuildConfig.mesh_kind: expected one of {list(MESH_KINDS)}, got {self.mesh_kind!r}")
         for name in ("lr", "finetune_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0):

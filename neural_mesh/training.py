@@ -743,7 +743,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.neighbor_radius_3d: expected None or a number >= 0, got {r3!r}")
             object.__setattr__(self, "neighbor_radius_3d", float(r3))
         if self.mesh_kind not in MESH_KINDS:
-            raise ValueError(f"TrainConfig.mesh_kind: expected 'cuboid' or 'remesh', got {self.mesh_kind!r}")
+            raise ValueError(f"TrainConfig.mesh_kind: expected one of {list(MESH_KINDS)}, got {self.mesh_kind!r}")
         if self.mesh_kind == "remesh" and self.data.get("kind") == "synthetic" and not self.data.get("mesh"):
             raise ValueError("TrainConfig.mesh_kind: 'remesh' needs one training mesh (procedural categories use cuboids)")
         if self.lr_schedule not in LR_SCHEDULES:
