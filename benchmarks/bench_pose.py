@@ -42,7 +42,7 @@ much the features depend on where the crop puts the object.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 2000] [--occlusion 0 0.5]
         [--center-jitter 0.04] [--center-on object|box] [--backbone small] [--image-size 128] [--output-stride 8]
-        [--mesh-kind remesh|cuboid] [--num-verts 400]
+        [--mesh-kind remesh|cuboid] [--num-verts 400] [--train NAME=VALUE ...]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
         [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
@@ -73,13 +73,14 @@ import torch
 
 from datasets.raycast import EFFECTS as RAYCAST_EFFECTS
 from datasets.synthetic import LIGHTINGS
-from neural_mesh.build import BuildConfig, build_model, cache_key, default_cache_dir
+from neural_mesh.build import TRAIN_FIELDS, BuildConfig, build_model, cache_key, default_cache_dir
 from neural_mesh.backbones import OUTPUT_STRIDES, PRESETS, feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
 from neural_mesh.metrics import rotation_error
 from neural_mesh.model import PoseModel
 from neural_mesh.neural_mesh import MESH_KINDS, ModelError
 from render.allocator import tune_cpu_allocator
+from render.cli import assignments
 
 REPO = Path(__file__).resolve().parents[1]
 #: seed of the held-out test renders (training uses BuildConfig.seed, 0 by default)
@@ -281,11 +282,12 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, d
     """The regression baseline trained on the build's data, backbone and steps (cached),
     on ``device``. A build with a fine-tuning stage gets one too: the first stage's
     baseline (cached as its own) trained on for ``finetune_steps`` on the stage's renders
-    with a fresh Adam at ``finetune_lr``."""
+    with a fresh Adam at ``finetune_lr``. ``build.train`` (NeMo's loss settings) does not
+    change the baseline, so builds that differ only there share one."""
     from neural_mesh.regression import RegressionConfig, load_regressor, train_regressor
     from neural_mesh.training import default_workers
 
-    directory = cache / "regressors" / cache_key(mesh, build)
+    directory = cache / "regressors" / cache_key(mesh, dataclasses.replace(build, train={}))
     if (directory / "regressor.json").is_file():
         return load_regressor(directory, device=device)
     init = None
@@ -304,26 +306,18 @@ def get_regressor(mesh: Path, build: BuildConfig, cache: Path, progress: bool, d
 
 
 def fit_settings(items: list[str], **base) -> FitConfig:
-    """A :class:`FitConfig` from ``base`` and ``NAME=VALUE`` strings (``VALUE`` parsed as
-    JSON when it is JSON, else kept as a string; lists become tuples).
+    """A :class:`FitConfig` from ``base`` and ``NAME=VALUE`` strings
+    (:func:`render.cli.assignments`).
 
     Raises:
         ValueError: a malformed item, an unknown name or a value the config refuses.
     """
     names = {f.name for f in dataclasses.fields(FitConfig)}
     changes = dict(base)
-    for item in items:
-        name, sep, text = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+    for name, value in assignments(items).items():
         if name not in names:
             raise ValueError(f"{name!r} is not a FitConfig setting (one of {', '.join(sorted(names))})")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        changes[name] = tuple(value) if isinstance(value, list) else value
+        changes[name] = value
     try:
         return FitConfig(**changes)
     except (TypeError, ValueError) as error:
@@ -399,6 +393,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lighting", choices=LIGHTINGS,
                    help="lighting of the fine-tuning renders (BuildConfig.finetune_lighting; default: the "
                         "first stage's)")
+    p.add_argument("--train", action="append", default=[], metavar="NAME=VALUE",
+                   help="another training setting of the build (BuildConfig.train: a TrainConfig setting of "
+                        f"{', '.join(TRAIN_FIELDS)}), e.g. --train neighbor_radius=0.04 --train sampling=bilinear")
     p.add_argument("--n", type=int, default=40, help="test images per level")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=8)
@@ -454,6 +451,10 @@ def main(argv=None) -> int:
         fit_config = fit_settings(args.fit, loss=args.loss, polish=args.polish)
     except ValueError as error:
         p.error(f"--fit: {error}")
+    try:
+        train = assignments(args.train)
+    except ValueError as error:
+        p.error(f"--train: {error}")
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
@@ -465,7 +466,7 @@ def main(argv=None) -> int:
                             finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
                             finetune_room_probability=args.finetune_room_probability, backbone=args.backbone,
                             image_size=args.image_size, output_stride=args.output_stride,
-                            mesh_kind=args.mesh_kind, num_verts=args.num_verts)
+                            mesh_kind=args.mesh_kind, num_verts=args.num_verts, train=train)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -491,7 +492,7 @@ def main(argv=None) -> int:
                          "finetune_room_probability": build.finetune_room_probability,
                          "backbone": build.backbone, "image_size": build.image_size,
                          "output_stride": build.output_stride, "mesh_kind": build.mesh_kind,
-                         "num_verts": build.num_verts, "n": args.n,
+                         "num_verts": build.num_verts, "train": build.train, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "fit_config": dataclasses.asdict(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,

@@ -21,7 +21,9 @@ mesh file's content and the build settings, so later runs start at once.
 ``--build-steps``, ``--build-size`` and ``--build-occlusion`` change the build settings
 (fewer steps or smaller renders: faster to build, worse poses), and
 ``--build-finetune-steps``, ``--build-finetune-occlusion``, ``--build-finetune-lr`` and
-``--build-finetune-center-jitter`` add a fine-tuning stage (:class:`neural_mesh.build.BuildConfig`). The build
+``--build-finetune-center-jitter`` add a fine-tuning stage; ``--build-train NAME=VALUE``
+sets another training setting, e.g. the contrastive loss's ``neighbor_radius``
+(:class:`neural_mesh.build.BuildConfig`). The build
 that meets the synthetic accuracy targets for the bundled chair, on our renders and
 another renderer's, is ``--build-steps 24000 --build-occlusion 0.2 0.7
 --build-finetune-steps 4000 --build-finetune-occlusion 0 0.5 --build-finetune-lr 3e-5
@@ -110,7 +112,7 @@ from neural_mesh.neural_mesh import file_sha256
 from neural_mesh.overlay import overlay
 from render import Mesh, default_intrinsics, intrinsics, load_mesh
 from render.allocator import tune_cpu_allocator
-from render.cli import Parser, non_negative_int, positive_float, positive_int
+from render.cli import Parser, assignments, non_negative_int, positive_float, positive_int
 
 PROG = "fit_pose"
 REPO = Path(__file__).resolve().parent.parent
@@ -200,6 +202,9 @@ def parser() -> argparse.ArgumentParser:
                      help="lighting of the fine-tuning renders (default: the first stage's)")
     adv.add_argument("--build-finetune-room-probability", type=_number, metavar="P",
                      help="chance of a 3D floor and wall in a fine-tuning render (default: the first stage's)")
+    adv.add_argument("--build-train", action="append", metavar="NAME=VALUE",
+                     help="another training setting when building a model (BuildConfig.train), e.g. "
+                          "--build-train neighbor_radius=0.04")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--fit-upsample", type=positive_int, metavar="N",
@@ -357,6 +362,7 @@ BUILD_FLAGS = {
     "build_finetune_lighting": "finetune_lighting",
     "build_room_probability": "room_probability",
     "build_finetune_room_probability": "finetune_room_probability",
+    "build_train": "train",
 }
 
 
@@ -377,6 +383,11 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
     changes = {field: getattr(args, flag) for flag, field in BUILD_FLAGS.items() if getattr(args, flag) is not None}
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     try:
+        if "train" in changes:
+            try:
+                changes["train"] = assignments(changes["train"])
+            except ValueError as error:
+                raise ValueError(f"BuildConfig.train: {error}") from None
         config = BuildConfig(**changes)
     except ValueError as error:
         # "BuildConfig.<field>: ..." -> the flag that set it

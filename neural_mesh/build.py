@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,6 +42,11 @@ __all__ = ["BuildConfig", "build_model", "cache_key", "default_cache_dir", "mode
 
 #: environment variable overriding the cache directory
 CACHE_ENV = "MESHPOSE_CACHE"
+
+#: the :class:`TrainConfig` settings :attr:`BuildConfig.train` may change (the others are
+#: BuildConfig's own fields, or follow from them)
+TRAIN_FIELDS = ("weight_decay", "clutter_size", "num_background", "momentum", "temperature", "clutter_weight",
+                "regularizer_weight", "neighbor_radius", "neighbor_radius_3d", "sampling", "occluder_clutter")
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,17 @@ class BuildConfig:
             stage's).
         finetune_room_probability: ``room_probability`` of the fine-tuning renders
             (``None``: the first stage's).
+        train: other :class:`~neural_mesh.training.TrainConfig` settings of both stages,
+            by name (those of :data:`TRAIN_FIELDS`: the contrastive loss's temperature,
+            exclusion radius, clutter weight, feature sampling...), e.g.
+            ``{"neighbor_radius": 0.04}``; empty (default): TrainConfig's own.
 
     The fine-tuning fields enter :meth:`to_dict` (and the cache key) only when
     ``finetune_steps > 0``, ``finetune_center_jitter``, ``finetune_lighting`` and
     ``finetune_room_probability`` only when they are set, ``center_on`` only when it
-    is ``"box"``, ``lighting`` only when it is ``"full"`` and ``room_probability`` only
-    when it is not 0, so the keys of builds without them do not change.
+    is ``"box"``, ``lighting`` only when it is ``"full"``, ``room_probability`` only
+    when it is not 0 and ``train`` only when it is not empty, so the keys of builds
+    without them do not change.
     """
 
     steps: int = 2000
@@ -148,6 +158,7 @@ class BuildConfig:
     finetune_center_jitter: float | None = None
     finetune_lighting: str | None = None
     finetune_room_probability: float | None = None
+    train: dict = field(default_factory=dict)
 
     #: the fields of the fine-tuning stage (not part of the first stage's build)
     FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr", "finetune_center_jitter",
@@ -183,6 +194,22 @@ class BuildConfig:
         self._pair("finetune_occlusion", lambda a, b: 0.0 <= a <= b <= 1.0, "(low, high) with 0 <= low <= high <= 1")
         self._up_to("center_jitter", 0.5, "a number in [0, 0.5]")
         self._up_to("finetune_center_jitter", 0.5, "a number in [0, 0.5]", optional=True)
+        self._check_train()
+
+    def _check_train(self) -> None:
+        """Check ``train`` names settings of :data:`TRAIN_FIELDS` with values TrainConfig
+        accepts; store a JSON-clean copy (lists as lists, as they come back from JSON)."""
+        if not isinstance(self.train, dict):
+            raise ValueError(f"BuildConfig.train: expected a dict of TrainConfig settings, got {self.train!r}")
+        unknown = sorted(set(self.train) - set(TRAIN_FIELDS))
+        if unknown:
+            raise ValueError(f"BuildConfig.train: {', '.join(map(repr, unknown))} is not a setting it can change "
+                             f"(one of {', '.join(TRAIN_FIELDS)})")
+        try:
+            TrainConfig(**self.train)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"BuildConfig.train: {error}") from None
+        object.__setattr__(self, "train", json.loads(json.dumps(self.train)))
 
     def _up_to(self, name: str, high: float, words: str, optional: bool = False) -> None:
         """Check field ``name`` is a number in ``[0, high]`` (or None when ``optional``)."""
@@ -216,6 +243,8 @@ class BuildConfig:
             del data["lighting"]
         if self.room_probability == 0:
             del data["room_probability"]
+        if not self.train:
+            del data["train"]
         return data
 
     def first_stage(self) -> BuildConfig:
@@ -255,6 +284,7 @@ class BuildConfig:
             mesh_kind=self.mesh_kind,
             checkpoint_every=max(1, min(100, steps)),
             keep_checkpoints=1,
+            **self.train,
         )
 
 

@@ -8,14 +8,18 @@ an argument parser whose errors are one line with exit code 2, and number parser
 Traceback (most recent call last):
 ...
 argparse.ArgumentTypeError: expected an integer >= 0, got '-1'
+>>> assignments(["top_k=6", "sampling=bilinear", "occlusion=[0, 0.5]"])
+{'top_k': 6, 'sampling': 'bilinear', 'occlusion': (0, 0.5)}
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from collections.abc import Iterable
 
-__all__ = ["Parser", "positive_int", "non_negative_int", "positive_float"]
+__all__ = ["Parser", "assignments", "positive_int", "non_negative_int", "positive_float"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,3 +59,25 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def assignments(items: Iterable[str]) -> dict:
+    """``NAME=VALUE`` strings (e.g. repeated ``--fit`` flags) as a dict: ``VALUE`` parsed as
+    JSON when it is JSON (numbers, ``true``/``false``, ``null``, lists, which become
+    tuples), else kept as a string; a later item wins over an earlier one.
+
+    Raises:
+        ValueError: an item without ``=`` or without a name.
+    """
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out

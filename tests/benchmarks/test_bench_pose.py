@@ -344,6 +344,27 @@ def test_bench_pose_passes_the_room_probabilities_to_the_build(tmp_path, capsys,
     assert stop.value.code == 2 and "room_probability" in capsys.readouterr().err
 
 
+def test_bench_pose_passes_train_settings_to_the_build_but_not_to_the_baselines_key(tmp_path, capsys, monkeypatch):
+    bench = load_bench()
+    seen = _record_builds(bench, monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.main(["--train", "neighbor_radius=0.04", "--train", "sampling=bilinear", "--no-regression",
+                    "--cache", str(tmp_path)])
+    assert seen[0].train == {"neighbor_radius": 0.04, "sampling": "bilinear"}
+    # the baseline does not use NeMo's loss: builds differing only there share its cache entry
+    import neural_mesh.regression as regression
+
+    shared = tmp_path / "regressors" / bench.cache_key(CHAIR, bench.BuildConfig())
+    shared.mkdir(parents=True)
+    (shared / "regressor.json").write_text("{}")
+    monkeypatch.setattr(regression, "load_regressor", lambda directory, device="cpu": directory)
+    assert bench.get_regressor(CHAIR, seen[0], tmp_path, progress=False) == shared
+    for item, words in (("neighbor_radius", "expected NAME=VALUE"), ("steps=3", "not a setting it can change")):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(["--train", item, "--no-regression", "--n", "1"])
+        assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_bench_pose_passes_the_centre_jitters_to_the_build(tmp_path, capsys, monkeypatch):
     bench = load_bench()
     seen = _record_builds(bench, monkeypatch)

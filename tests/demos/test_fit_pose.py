@@ -325,6 +325,14 @@ def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path)
     assert tuned.lighting == "lambert" and tuned.finetune_lighting == "full"
     assert tuned.room_probability == 0.0 and tuned.finetune_room_probability == 0.5
     assert "24000 + 4000 fine-tuning training steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path),
+                 "--build-train", "neighbor_radius=0.04", "--build-train", "occluder_clutter=true"])
+    assert seen[2].train == {"neighbor_radius": 0.04, "occluder_clutter": True}
+    capsys.readouterr()
+    for item in ("temperature=0", "lr=1", "temperature"):
+        code = fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-train", item])
+        assert code == 2 and capsys.readouterr().err.startswith("fit_pose: error: --build-train: ")
 
 
 @pytest.mark.slow

@@ -380,6 +380,37 @@ def test_build_config_validation_and_bad_mesh(tmp_path):
     assert not (tmp_path / "cache" / "models").exists()
 
 
+def test_build_config_train_settings_reach_both_stages_and_the_key():
+    config = BuildConfig(train={"neighbor_radius": 0.04, "sampling": "bilinear"}, finetune_steps=3)
+    for stage in (config, config.first_stage()):
+        train = stage.train_config(CHAIR)
+        assert (train.neighbor_radius, train.sampling) == (0.04, "bilinear")
+    assert config.to_dict()["train"] == {"neighbor_radius": 0.04, "sampling": "bilinear"}
+    assert "train" not in BuildConfig().to_dict()  # the keys of existing builds stay
+    assert cache_key(CHAIR, BuildConfig(train={"neighbor_radius": 0.04})) != cache_key(CHAIR, BuildConfig())
+    # what a model's meta records comes back as the same config
+    assert BuildConfig(**json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="'steps' is not a setting it can change"):
+        BuildConfig(train={"steps": 5})  # BuildConfig's own field
+    with pytest.raises(ValueError, match="TrainConfig.temperature"):
+        BuildConfig(train={"temperature": 0})
+    with pytest.raises(ValueError, match="BuildConfig.train: expected a dict"):
+        BuildConfig(train=[("temperature", 0.1)])
+
+
+def test_every_train_setting_is_set_by_the_build_or_open_to_its_train_field():
+    """A new TrainConfig field must be either a BuildConfig field's or one of TRAIN_FIELDS."""
+    import dataclasses
+
+    from neural_mesh.build import TRAIN_FIELDS
+    from neural_mesh.training import TrainConfig
+
+    owned = {"backbone", "data", "steps", "batch_size", "lr", "lr_schedule", "seed", "num_verts", "mesh_kind",
+             "checkpoint_every", "keep_checkpoints"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert owned | set(TRAIN_FIELDS) == names and not owned & set(TRAIN_FIELDS)
+
+
 def test_build_with_a_finetuning_stage(tmp_path):
     mesh = tmp_path / "chair.obj"
     mesh.write_bytes(CHAIR.read_bytes())
