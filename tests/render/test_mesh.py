@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -566,6 +569,29 @@ def test_remesh_box_keeps_orientation_and_surface():
     assert tm.volume > 0.9 * box.volume  # positive: normals point outward
     outward = (tm.triangles_center * tm.face_normals).sum(axis=1)
     assert (outward > 0).mean() > 0.99
+
+
+def _stool() -> trimesh.Trimesh:
+    """A seat on four legs 0.07 thick: thinner than a 200- or 400-vertex remesh's spacing."""
+    parts = [trimesh.creation.box(extents=(1.0, 0.1, 1.0))]
+    for x, z in itertools.product((-0.4, 0.4), repeat=2):
+        leg = trimesh.creation.cylinder(radius=0.035, height=0.7, sections=16)
+        leg.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+        leg.apply_translation([x, -0.4, z])
+        parts.append(leg)
+    return trimesh.util.concatenate(parts)
+
+
+def test_remesh_keeps_parts_thinner_than_the_spacing():
+    """Cells that wrapped around a thin leg left it without triangles: legs vanished."""
+    stool = _stool()
+    points, _ = trimesh.sample.sample_surface(stool, 4000, seed=0)
+    for num_verts in (200, 400):
+        out = remesh_surface(_to_mesh(stool, "stool"), num_verts=num_verts)
+        spacing = math.sqrt(2.0 * stool.area / (math.sqrt(3.0) * num_verts))
+        _, distance, _ = trimesh.proximity.closest_point(out.to_trimesh(), points)
+        assert distance.max() < 0.6 * spacing, num_verts  # every leg is there, all along
+    assert is_closed_outward(out.verts, out.faces)  # closed like its input, so it can be culled
 
 
 def test_remesh_welds_unshared_vertices_and_is_deterministic():
