@@ -42,7 +42,7 @@ much the features depend on where the crop puts the object.
 
     .venv/bin/python benchmarks/bench_pose.py [--mesh demos/data/chair.obj] [--steps 2000] [--occlusion 0 0.5]
         [--center-jitter 0.04] [--center-on object|box] [--backbone small] [--image-size 128] [--output-stride 8]
-        [--mesh-kind remesh|cuboid] [--num-verts 400] [--train NAME=VALUE ...]
+        [--mesh-kind remesh|cuboid] [--num-verts 400] [--train NAME=VALUE ...] [--seed 0]
         [--finetune-steps N --finetune-occlusion LOW HIGH [--finetune-lr LR] [--finetune-center-jitter J]
         [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
@@ -396,6 +396,9 @@ def main(argv=None) -> int:
     p.add_argument("--train", action="append", default=[], metavar="NAME=VALUE",
                    help="another training setting of the build (BuildConfig.train: a TrainConfig setting of "
                         f"{', '.join(TRAIN_FIELDS)}), e.g. --train neighbor_radius=0.04 --train sampling=bilinear")
+    p.add_argument("--seed", type=int, default=BuildConfig.seed, metavar="S",
+                   help="seed of the build's weights, banks and training renders (BuildConfig.seed): another "
+                        "seed trains another model of the same settings, to see how much builds differ")
     p.add_argument("--n", type=int, default=40, help="test images per level")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=8)
@@ -466,7 +469,7 @@ def main(argv=None) -> int:
                             finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
                             finetune_room_probability=args.finetune_room_probability, backbone=args.backbone,
                             image_size=args.image_size, output_stride=args.output_stride,
-                            mesh_kind=args.mesh_kind, num_verts=args.num_verts, train=train)
+                            mesh_kind=args.mesh_kind, num_verts=args.num_verts, train=train, seed=args.seed)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -492,7 +495,7 @@ def main(argv=None) -> int:
                          "finetune_room_probability": build.finetune_room_probability,
                          "backbone": build.backbone, "image_size": build.image_size,
                          "output_stride": build.output_stride, "mesh_kind": build.mesh_kind,
-                         "num_verts": build.num_verts, "train": build.train, "n": args.n,
+                         "num_verts": build.num_verts, "train": build.train, "seed": build.seed, "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "fit_config": dataclasses.asdict(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,

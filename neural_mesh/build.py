@@ -14,8 +14,9 @@ checkpoint. The cache lives in ``$MESHPOSE_CACHE`` or ``~/.cache/meshpose``::
     CACHE/runs/<key>/      the training run while it is in progress (removed after)
 
 ``<key>`` is the first 20 hex digits of the SHA-256 of the mesh file's SHA-256, the
-config's JSON and the model format version, so renaming or moving the mesh file keeps its
-model, and editing it (or the config) builds a new one.
+config's JSON, the model format version and the build recipe's (:data:`BUILD_RECIPE`),
+so renaming or moving the mesh file keeps its model, and editing it (or the config, or
+a release changing what a build makes of them) builds a new one.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ __all__ = ["BuildConfig", "build_model", "cache_key", "default_cache_dir", "mode
 
 #: environment variable overriding the cache directory
 CACHE_ENV = "MESHPOSE_CACHE"
+
+#: version of what a build makes of a mesh and a config, in the cache key: raised when the
+#: same settings make a different model (2: the neural mesh's remesh keeps thin parts)
+BUILD_RECIPE = 2
 
 #: the :class:`TrainConfig` settings :attr:`BuildConfig.train` may change (the others are
 #: BuildConfig's own fields, or follow from them)
@@ -300,6 +305,7 @@ def cache_key(mesh_path: str | os.PathLike, config: BuildConfig = BuildConfig())
     h.update(file_sha256(mesh_path).encode())
     h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     h.update(f"pose-model-v{MODEL_VERSION}".encode())
+    h.update(f"build-recipe-{BUILD_RECIPE}".encode())
     return h.hexdigest()[:20]
 
 

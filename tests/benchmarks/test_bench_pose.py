@@ -350,7 +350,10 @@ def test_bench_pose_passes_train_settings_to_the_build_but_not_to_the_baselines_
     with pytest.raises(SystemExit):
         bench.main(["--train", "neighbor_radius=0.04", "--train", "sampling=bilinear", "--no-regression",
                     "--cache", str(tmp_path)])
-    assert seen[0].train == {"neighbor_radius": 0.04, "sampling": "bilinear"}
+    assert seen[0].train == {"neighbor_radius": 0.04, "sampling": "bilinear"} and seen[0].seed == 0
+    with pytest.raises(SystemExit):
+        bench.main(["--seed", "1", "--no-regression", "--cache", str(tmp_path)])
+    assert seen[1].seed == 1 and seen[1].train == {}
     # the baseline does not use NeMo's loss: builds differing only there share its cache entry
     import neural_mesh.regression as regression
 

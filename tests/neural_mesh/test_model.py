@@ -344,6 +344,10 @@ def test_build_model_caches_by_content_and_config(tmp_path, monkeypatch):
     assert cache_key(mesh, BuildConfig(steps=3, image_size=32, batch_size=2, num_verts=60)) != cache_key(mesh, TINY)
     mesh.write_text(mesh.read_text() + "\n# edited\n")
     assert cache_key(mesh, TINY) != cache_key(moved, TINY)
+    # a release whose builds make other models of the same settings gets new keys
+    before = cache_key(mesh, TINY)
+    monkeypatch.setattr(build_mod, "BUILD_RECIPE", build_mod.BUILD_RECIPE + 1)
+    assert cache_key(mesh, TINY) != before
 
 
 def test_build_config_validation_and_bad_mesh(tmp_path):
