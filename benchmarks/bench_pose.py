@@ -395,7 +395,8 @@ def main(argv=None) -> int:
                         "first stage's)")
     p.add_argument("--train", action="append", default=[], metavar="NAME=VALUE",
                    help="another training setting of the build (BuildConfig.train: a TrainConfig setting of "
-                        f"{', '.join(TRAIN_FIELDS)}), e.g. --train neighbor_radius=0.04 --train sampling=bilinear")
+                        f"{', '.join(TRAIN_FIELDS)}), e.g. --train neighbor_radius=0.075 --train sampling=nearest: "
+                        "NeMo's loss instead of the build's defaults (neural_mesh.build.TRAIN_DEFAULTS)")
     p.add_argument("--seed", type=int, default=BuildConfig.seed, metavar="S",
                    help="seed of the build's weights, banks and training renders (BuildConfig.seed): another "
                         "seed trains another model of the same settings, to see how much builds differ")

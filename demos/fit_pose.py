@@ -204,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
                      help="chance of a 3D floor and wall in a fine-tuning render (default: the first stage's)")
     adv.add_argument("--build-train", action="append", metavar="NAME=VALUE",
                      help="another training setting when building a model (BuildConfig.train), e.g. "
-                          "--build-train neighbor_radius=0.04")
+                          "--build-train temperature=0.1")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--fit-upsample", type=positive_int, metavar="N",

@@ -385,13 +385,16 @@ def test_build_config_validation_and_bad_mesh(tmp_path):
 
 
 def test_build_config_train_settings_reach_both_stages_and_the_key():
-    config = BuildConfig(train={"neighbor_radius": 0.04, "sampling": "bilinear"}, finetune_steps=3)
+    default = BuildConfig().train_config(CHAIR)
+    assert (default.neighbor_radius, default.sampling, default.temperature) == (0.04, "bilinear", 0.07)
+    config = BuildConfig(train={"neighbor_radius": 0.1, "temperature": 0.1}, finetune_steps=3)
     for stage in (config, config.first_stage()):
         train = stage.train_config(CHAIR)
-        assert (train.neighbor_radius, train.sampling) == (0.04, "bilinear")
-    assert config.to_dict()["train"] == {"neighbor_radius": 0.04, "sampling": "bilinear"}
-    assert "train" not in BuildConfig().to_dict()  # the keys of existing builds stay
-    assert cache_key(CHAIR, BuildConfig(train={"neighbor_radius": 0.04})) != cache_key(CHAIR, BuildConfig())
+        # the given settings win; the build's other defaults stay
+        assert (train.neighbor_radius, train.temperature, train.sampling) == (0.1, 0.1, "bilinear")
+    assert config.to_dict()["train"] == {"neighbor_radius": 0.1, "temperature": 0.1}
+    assert "train" not in BuildConfig().to_dict()  # the keys of builds without it stay
+    assert cache_key(CHAIR, BuildConfig(train={"temperature": 0.1})) != cache_key(CHAIR, BuildConfig())
     # what a model's meta records comes back as the same config
     assert BuildConfig(**json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="'steps' is not a setting it can change"):
