@@ -24,13 +24,14 @@ mesh file's content and the build settings, so later runs start at once.
 ``--build-finetune-center-jitter`` add a fine-tuning stage; ``--build-train NAME=VALUE``
 sets another training setting, e.g. the contrastive loss's ``neighbor_radius``
 (:class:`neural_mesh.build.BuildConfig`). The build
-that meets the synthetic accuracy targets for the bundled chair, on our renders and
+that met the synthetic accuracy targets for the bundled chair, on our renders and
 another renderer's, is ``--build-steps 24000 --build-occlusion 0.2 0.7
 --build-finetune-steps 4000 --build-finetune-occlusion 0 0.5 --build-finetune-lr 3e-5
 --build-finetune-room-probability 0.5`` (occluders hiding 20-70% of the object in the
 training renders, then up to half of it, with a 3D floor and wall behind half of the
-fine-tuning renders; 1 h 20 min to 2 h 40 min on 2 CPU cores, once): see the README's
-status section for its accuracy, and for other meshes.
+fine-tuning renders; 1 h 20 min to 2 h 40 min on 2 CPU cores, once; measured with the
+previous build recipe): see the README's status section for its accuracy, and for other
+meshes.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
 pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
