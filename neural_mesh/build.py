@@ -248,6 +248,9 @@ class BuildConfig:
             raise ValueError(f"BuildConfig.{name}: expected {words}, got {value!r}")
         object.__setattr__(self, name, (float(value[0]), float(value[1])))
 
+    def __hash__(self) -> int:  # ``train`` is a dict; a config stays usable as a key
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         if not self.finetune_steps:

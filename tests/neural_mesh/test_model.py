@@ -397,6 +397,7 @@ def test_build_config_train_settings_reach_both_stages_and_the_key():
     assert cache_key(CHAIR, BuildConfig(train={"temperature": 0.1})) != cache_key(CHAIR, BuildConfig())
     # what a model's meta records comes back as the same config
     assert BuildConfig(**json.loads(json.dumps(config.to_dict()))) == config
+    assert len({config, BuildConfig(**config.to_dict()), BuildConfig()}) == 2  # usable as keys
     with pytest.raises(ValueError, match="'steps' is not a setting it can change"):
         BuildConfig(train={"steps": 5})  # BuildConfig's own field
     with pytest.raises(ValueError, match="TrainConfig.temperature"):
