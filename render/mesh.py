@@ -661,14 +661,24 @@ def is_closed_outward(verts: torch.Tensor, faces: torch.Tensor) -> bool:
     return all(piece.volume > 0 for piece in surface.split(only_watertight=False))
 
 
-def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0) -> Mesh:
+#: weight of the normal in :func:`remesh_surface`'s clustering, in units of the vertex
+#: spacing. At 400 vertices on the 16 procedural categories (seed 0;
+#: ``benchmarks/bench_remesh.py --normal-weight W``), 0.5 left no input point farther than
+#: 1.8 spacings from the remesh (0: 6.1, the chair's legs lost whole) and closed the
+#: remeshes of 7 of the 11 closed shapes (0: 1); 1.0 closed 9, with edge lengths that vary
+#: more (CV about 0.33 instead of 0.28). The builds of recipe 2 were measured with 0.5.
+NORMAL_WEIGHT = 0.5
+
+
+def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0,
+                   normal_weight: float = NORMAL_WEIGHT) -> Mesh:
     """Remesh the surface with about ``num_verts`` near-uniformly spaced vertices.
 
     A simplified ACVD (approximated centroidal Voronoi diagram, Valette & Chassery 2004):
     the welded surface is subdivided until its edges are about a quarter of the target
     spacing; ``num_verts`` seeds are placed by farthest-point sampling and relaxed by a few
     Lloyd iterations (area-weighted), both on the points' positions and their normals (the
-    normal weighed :data:`NORMAL_WEIGHT` times the spacing), so a cell does not wrap around
+    normal weighed ``normal_weight`` times the spacing), so a cell does not wrap around
     a part thinner than the spacing, such as a chair's leg (a ring of such cells has no
     dual triangles: the part would vanish); each cell, split into pieces that are
     connected on the surface, becomes one output vertex, placed at the cell's fine vertex
@@ -692,7 +702,9 @@ def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0) -> Mesh:
         num_verts: target vertex count, >= 4.
         seed: seeds the area-weighted subsample of fine vertices that farthest-point
             sampling starts from; the result is a deterministic function of ``mesh``,
-            ``num_verts`` and ``seed``.
+            ``num_verts``, ``seed`` and ``normal_weight``.
+        normal_weight: weight of the normal in the clustering, in vertex spacings
+            (:data:`NORMAL_WEIGHT`; 0: by position alone, which loses thin parts).
 
     Returns:
         A float32 :class:`Mesh` on the input's device.
@@ -705,6 +717,8 @@ def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0) -> Mesh:
     """
     if num_verts < 4:
         raise ValueError(f"num_verts: expected at least 4, got {num_verts}")
+    if not (math.isfinite(normal_weight) and normal_weight >= 0):
+        raise ValueError(f"normal_weight: expected a number >= 0, got {normal_weight}")
     verts = mesh.verts.detach().cpu().double().numpy()
     faces = mesh.faces.cpu().numpy()
     verts, inverse = np.unique(verts, axis=0, return_inverse=True)  # weld seams and soups
@@ -727,7 +741,7 @@ def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0) -> Mesh:
     best = None
     num_seeds = num_verts
     for _ in range(4):
-        out_verts, out_faces = _cluster_surface(fine_verts, fine_faces, num_seeds, seed)
+        out_verts, out_faces = _cluster_surface(fine_verts, fine_faces, num_seeds, seed, normal_weight)
         error = abs(len(out_verts) - num_verts) / num_verts
         if best is None or error < best[0]:
             best = (error, out_verts, out_faces)
@@ -744,14 +758,6 @@ def remesh_surface(mesh: Mesh, num_verts: int = 1000, *, seed: int = 0) -> Mesh:
     )
 
 
-#: weight of the normal in :func:`remesh_surface`'s clustering, in units of the vertex
-#: spacing. At 400 vertices, 0.5 kept every leg of the procedural chair and table (0 lost
-#: the chair's 0.07-thick legs whole) and closed the remeshes of 8 of the 11 procedural
-#: categories (seed 0) whose shapes are closed, against 1 with 0; 1.0 also closed 8, with
-#: edge lengths that vary more.
-NORMAL_WEIGHT = 0.5
-
-
 def _face_areas(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     tri = verts[faces]
     return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
@@ -762,8 +768,8 @@ def _cluster_surface(
     fine_faces: np.ndarray,
     num_seeds: int,
     seed: int,
+    normal_weight: float,
     lloyd_iterations: int = 8,
-    normal_weight: float = NORMAL_WEIGHT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster a finely subdivided surface into cells; return the dual ``(verts, faces)``."""
     used = np.zeros(len(fine_verts), dtype=bool)

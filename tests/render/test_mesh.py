@@ -608,6 +608,11 @@ def test_remesh_welds_unshared_vertices_and_is_deterministic():
     assert "soup" in first.name
 
 
+def test_remesh_rejects_a_bad_normal_weight():
+    with pytest.raises(ValueError, match="normal_weight"):
+        remesh_surface(_to_mesh(trimesh.creation.box(), "box"), 100, normal_weight=-1.0)
+
+
 def test_remesh_rejects_zero_area_surface():
     flat = Mesh(torch.tensor([[0.0, 0, 0], [1, 1, 1], [2, 2, 2]]), torch.tensor([[0, 1, 2]]))
     with pytest.raises(MeshError, match="zero area"):
