@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,16 +15,14 @@ from neural_mesh.model import PoseModel
 from neural_mesh.neural_mesh import NeuralMesh
 from render import center_and_scale, load_mesh
 from datasets.shapes import load_shape
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIR = ROOT / "demos" / "data" / "chair.obj"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_pose", ROOT / "benchmarks" / "bench_pose.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_pose.py")
 
 
 def save_tiny_model(directory: Path, num_verts: int, meta: dict | None = None) -> None:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import load_script
 from tests.render.test_mesh import _stool
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_remesh", ROOT / "benchmarks" / "bench_remesh.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_remesh.py")
 
 
 def _row(out: str, name: str) -> list[str]:

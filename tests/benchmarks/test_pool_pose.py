@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 def load_pool():
-    spec = importlib.util.spec_from_file_location("pool_pose", ROOT / "benchmarks" / "pool_pose.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/pool_pose.py")
 
 
 def run_json(path: Path, seed: int | None, levels: dict[str, list[float]], **settings) -> Path:
