@@ -658,7 +658,8 @@ def is_closed_outward(verts: torch.Tensor, faces: torch.Tensor) -> bool:
     surface = trimesh.Trimesh(verts.detach().cpu().double().numpy(), faces.detach().cpu().numpy(), process=False)
     if not (surface.is_watertight and surface.is_winding_consistent):
         return False
-    return all(piece.volume > 0 for piece in surface.split(only_watertight=False))
+    with np.errstate(invalid="ignore", divide="ignore"):  # trimesh's centre of mass of a flat piece
+        return all(piece.volume > 0 for piece in surface.split(only_watertight=False))
 
 
 #: weight of the normal in :func:`remesh_surface`'s clustering, in units of the vertex
