@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import trimesh
 
-import render.mesh as render_mesh
 from datasets.shapes import CATEGORIES, make_shape
-from render import Mesh, load_mesh, remesh_surface
+from render import Mesh, MeshError, is_closed_outward, load_mesh, remesh_surface
+from render.mesh import NORMAL_WEIGHT
 
 
 def surface_stats(mesh: Mesh, num_verts: int, normal_weight: float, samples: int = 3000) -> dict:
@@ -48,8 +48,8 @@ def surface_stats(mesh: Mesh, num_verts: int, normal_weight: float, samples: int
     spacing = math.sqrt(2.0 * welded.area / (math.sqrt(3.0) * num_verts))
     lengths = out.to_trimesh().edges_unique_length
     return {
-        "closed_in": render_mesh.is_closed_outward(torch.from_numpy(welded.vertices), torch.from_numpy(welded.faces)),
-        "closed_out": render_mesh.is_closed_outward(out.verts, out.faces),
+        "closed_in": is_closed_outward(torch.from_numpy(welded.vertices), torch.from_numpy(welded.faces)),
+        "closed_out": is_closed_outward(out.verts, out.faces),
         "verts": out.num_verts,
         "gap": float(gap.max()),
         "gap_spacings": float(gap.max()) / spacing,
@@ -61,7 +61,7 @@ def surface_stats(mesh: Mesh, num_verts: int, normal_weight: float, samples: int
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-verts", type=int, default=400, help="remesh vertex target (the builds' default)")
-    p.add_argument("--normal-weight", type=float, default=render_mesh.NORMAL_WEIGHT,
+    p.add_argument("--normal-weight", type=float, default=NORMAL_WEIGHT,
                    help="weight of the normal in the clustering, in vertex spacings (remesh_surface's normal_weight)")
     p.add_argument("--seed", type=int, default=0, help="which procedural shape of each category")
     p.add_argument("--mesh", nargs="+", default=[], help="mesh files instead of the procedural shapes")
@@ -69,7 +69,10 @@ def main(argv=None) -> int:
     if args.num_verts < 4 or not (math.isfinite(args.normal_weight) and args.normal_weight >= 0):
         p.error("expected --num-verts >= 4 and --normal-weight >= 0")
     if args.mesh:
-        meshes = {Path(m).name: load_mesh(m) for m in args.mesh}
+        try:
+            meshes = {Path(m).name: load_mesh(m) for m in args.mesh}
+        except MeshError as error:  # names the file
+            p.error(str(error))
     else:
         meshes = {c: make_shape(c, args.seed).mesh for c in CATEGORIES}
     print(f"remesh_surface to {args.num_verts} vertices, normal weight {args.normal_weight:g}")

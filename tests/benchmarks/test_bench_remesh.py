@@ -30,7 +30,12 @@ def test_bench_remesh_shows_the_legs_position_alone_loses(tmp_path, capsys):
     assert gaps["0"] > 3 and gaps["0.5"] < 1  # in vertex spacings: the legs vanish, then stay
 
 
-def test_bench_remesh_rejects_bad_settings(capsys):
+def test_bench_remesh_rejects_bad_settings_and_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         load_bench().main(["--normal-weight", "-1"])
     assert stop.value.code == 2 and "--normal-weight" in capsys.readouterr().err
+    bad = tmp_path / "bad.obj"
+    bad.write_text("not a mesh\n")
+    with pytest.raises(SystemExit) as stop:
+        load_bench().main(["--mesh", str(bad)])
+    assert stop.value.code == 2 and "bad.obj" in capsys.readouterr().err
