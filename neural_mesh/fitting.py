@@ -112,7 +112,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from render import angles_to_pose, interpolate, is_closed_outward, pose_to_angles, rasterize
+from render import angles_to_pose, interpolate, pose_to_angles, rasterize
 from render.checks import (
     check_finite,
     check_floating,
@@ -157,10 +157,10 @@ def _ray(K: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _culls(nmesh: NeuralMesh, cull_backfaces: bool) -> bool:
     """Whether to skip back faces: asked for, and safe because the surface is closed and
-    wound outward (:func:`render.is_closed_outward`), so culling changes nothing a z-buffer
+    wound outward (:attr:`NeuralMesh.closed_outward`), so culling changes nothing a z-buffer
     shows. Other surfaces (open, or wound either way, as many CAD models are, and most
     remeshes of thin parts) are drawn two-sided: culling would cut holes in them."""
-    return bool(cull_backfaces) and is_closed_outward(nmesh.verts, nmesh.faces)
+    return bool(cull_backfaces) and nmesh.closed_outward
 
 
 def mean_clutter_feature(clutter: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from render import Mesh, cuboid_surface, remesh_surface
+from render import Mesh, cuboid_surface, is_closed_outward, remesh_surface
 from render.checks import check_shape
 
 __all__ = [
@@ -175,6 +176,13 @@ class NeuralMesh:
     @property
     def device(self) -> torch.device:
         return self.verts.device
+
+    @functools.cached_property
+    def closed_outward(self) -> bool:
+        """Whether the surface is closed with every face wound outward
+        (:func:`render.is_closed_outward`), so back-face culling changes nothing but
+        speed. Computed once per instance (instances are immutable)."""
+        return is_closed_outward(self.verts, self.faces)
 
     @property
     def radius(self) -> float:

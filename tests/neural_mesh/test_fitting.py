@@ -169,6 +169,20 @@ def test_render_features_draws_a_wrongly_wound_surface_two_sided(model):
     assert_close(feat_two_sided, feat, atol=1e-5, rtol=0)
 
 
+def test_a_neural_meshs_closedness_is_checked_once(model, monkeypatch):
+    import neural_mesh.neural_mesh as nm_module
+
+    nm = dataclasses.replace(model[0])  # a fresh instance: nothing cached yet
+    calls = []
+    real = nm_module.is_closed_outward
+    monkeypatch.setattr(nm_module, "is_closed_outward", lambda v, f: calls.append(1) or real(v, f))
+    R, t = pose_from_params(_params(POSES[0]), K)
+    for _ in range(3):
+        render_features(nm, R, t, _feature_K(K), MAP_SIZE)
+    assert len(calls) == 1 and nm.closed_outward
+    assert not _rewound(nm).closed_outward and len(calls) == 2  # another surface: checked anew
+
+
 def test_fit_does_not_depend_on_the_faces_winding(model):
     nm, mu = model
     fmap, R_true, _ = synthetic_map(nm, mu, POSES[0], seed=5)
