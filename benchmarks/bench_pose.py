@@ -73,7 +73,7 @@ import torch
 
 from datasets.raycast import EFFECTS as RAYCAST_EFFECTS
 from datasets.synthetic import LIGHTINGS
-from neural_mesh.build import TRAIN_FIELDS, BuildConfig, build_model, cache_key, default_cache_dir
+from neural_mesh.build import BUILD_PRESETS, TRAIN_FIELDS, BuildConfig, build_model, cache_key, default_cache_dir
 from neural_mesh.backbones import OUTPUT_STRIDES, PRESETS, feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
 from neural_mesh.metrics import rotation_error
@@ -348,6 +348,10 @@ def model_build(model: PoseModel, fallback: BuildConfig) -> tuple[BuildConfig, i
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mesh", default=str(REPO / "demos" / "data" / "chair.obj"))
+    p.add_argument("--preset", choices=list(BUILD_PRESETS), default="default",
+                   help="a named build (neural_mesh.build.BUILD_PRESETS) whose settings the other build flags "
+                        "change: 'accurate' is --steps 24000 --occlusion 0.2 0.7 --finetune-steps 4000 "
+                        "--finetune-occlusion 0 0.5 --finetune-lr 3e-5 --finetune-room-probability 0.5")
     p.add_argument("--steps", type=int, default=BuildConfig.steps, help="training steps of both methods")
     p.add_argument("--occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"), default=BuildConfig.occlusion,
                    help="hidden fraction of the object under occluders in the training renders "
@@ -437,6 +441,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the results here (with the per-image errors and every fitting "
                                   "setting, 'fit_config', not only those changed by --fit)")
+    preset, _ = p.parse_known_args(argv)  # the preset's settings become the build flags' defaults
+    p.set_defaults(**BUILD_PRESETS[preset.preset])
     args = p.parse_args(argv)
 
     try:

@@ -23,15 +23,13 @@ mesh file's content and the build settings, so later runs start at once.
 ``--build-finetune-steps``, ``--build-finetune-occlusion``, ``--build-finetune-lr`` and
 ``--build-finetune-center-jitter`` add a fine-tuning stage; ``--build-train NAME=VALUE``
 sets another training setting, e.g. the contrastive loss's ``neighbor_radius``
-(:class:`neural_mesh.build.BuildConfig`). The build
-that met the synthetic accuracy targets for the bundled chair, on our renders and
-another renderer's, is ``--build-steps 24000 --build-occlusion 0.2 0.7
---build-finetune-steps 4000 --build-finetune-occlusion 0 0.5 --build-finetune-lr 3e-5
---build-finetune-room-probability 0.5`` (occluders hiding 20-70% of the object in the
-training renders, then up to half of it, with a 3D floor and wall behind half of the
-fine-tuning renders; 1 h 20 min to 2 h 40 min on 2 CPU cores, once; measured with the
-previous build recipe): see the README's status section for its accuracy, and for other
-meshes.
+(:class:`neural_mesh.build.BuildConfig`). ``--build-preset accurate`` starts from the
+build that met the synthetic accuracy targets for the bundled chair under occlusion too, on
+our renders and another renderer's (:data:`neural_mesh.build.BUILD_PRESETS`: occluders
+hiding 20-70% of the object in 24,000 steps of training renders, then 4,000 fine-tuning
+steps on up to half of it with a 3D floor and wall behind half of the renders; 1.5 to 3
+hours on 2 CPU cores, once); the other ``--build-*`` flags change it. See the README's
+status section for its accuracy, and for other meshes.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
 pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
@@ -105,7 +103,7 @@ from tqdm import tqdm
 
 from datasets.realdata import read_image
 from datasets.synthetic import LIGHTINGS
-from neural_mesh.build import BuildConfig, build_model, default_cache_dir, model_cache_path
+from neural_mesh.build import BUILD_PRESETS, BuildConfig, build_model, default_cache_dir, model_cache_path
 from neural_mesh.fitting import FitConfig, PoseResult
 from neural_mesh.metrics import rotation_error
 from neural_mesh.model import PoseModel
@@ -173,6 +171,10 @@ def parser() -> argparse.ArgumentParser:
     adv = p.add_argument_group("advanced")
     adv.add_argument("--cache", type=Path, metavar="DIR",
                      help="model cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
+    adv.add_argument("--build-preset", choices=list(BUILD_PRESETS),
+                     help="a named build (neural_mesh.build.BUILD_PRESETS) the other --build-* flags change: "
+                          "'default' (about 7 minutes on 2 CPU cores) or 'accurate' (the build that met the "
+                          "accuracy targets under occlusion too; 1.5 to 3 hours once)")
     adv.add_argument("--build-steps", type=positive_int, metavar="N",
                      help=f"training steps when building a model (default {BuildConfig.steps})")
     adv.add_argument("--build-size", type=_build_size, metavar="S",
@@ -316,10 +318,13 @@ def gather(args: argparse.Namespace) -> Job:
             raise InputError("expected at least one IMAGE to fit")
         paths, mesh_path, out = [Path(p) for p in args.images], args.mesh, args.out
     if args.model is not None:
-        for name in ("cache", *BUILD_FLAGS):
+        for name in ("cache", "build_preset", *BUILD_FLAGS):
             if getattr(args, name) is not None:
                 raise InputError(f"--{name.replace('_', '-')}: only without --model (it sets how a model is built)")
-    if not args.build_finetune_steps:
+    finetune = args.build_finetune_steps
+    if finetune is None:
+        finetune = BUILD_PRESETS[args.build_preset or "default"].get("finetune_steps", 0)
+    if not finetune:
         for flag in ("build_finetune_occlusion", "build_finetune_lr", "build_finetune_center_jitter",
                      "build_finetune_lighting", "build_finetune_room_probability"):
             if getattr(args, flag) is not None:
@@ -389,7 +394,7 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
                 changes["train"] = assignments(changes["train"])
             except ValueError as error:
                 raise ValueError(f"BuildConfig.train: {error}") from None
-        config = BuildConfig(**changes)
+        config = BuildConfig.preset(args.build_preset or "default", **changes)
     except ValueError as error:
         # "BuildConfig.<field>: ..." -> the flag that set it
         field = str(error).split(":", 1)[0].removeprefix("BuildConfig.")
@@ -401,9 +406,10 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
         log(f"{PROG}: using the cached pose model {target}")
     else:
         tune = f" + {config.finetune_steps} fine-tuning" if config.finetune_steps else ""
+        took = "1.5 to 3 hours" if args.build_preset == "accurate" else "about 7 minutes"
         log(f"{PROG}: building a pose model for {mesh_path} ({config.steps}{tune} training steps on "
-            f"{config.image_size} x {config.image_size} renders; about 7 minutes on 2 CPU cores with the "
-            f"defaults, once); it will be cached in {target}")
+            f"{config.image_size} x {config.image_size} renders; {took} on 2 CPU cores with the "
+            f"{args.build_preset or 'default'} preset, once); it will be cached in {target}")
     return build_model(mesh_path, config, cache_dir=cache, progress=True)
 
 

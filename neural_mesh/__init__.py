@@ -27,7 +27,7 @@ from .fitting import (
     render_features,
 )
 from .checkpoints import CheckpointError
-from .build import BuildConfig, build_model, default_cache_dir, model_cache_path
+from .build import BUILD_PRESETS, BuildConfig, build_model, default_cache_dir, model_cache_path
 from .metrics import METRIC_NAMES, format_metrics_table, pose_metrics, rotation_error
 from .model import PoseModel
 from .neural_mesh import ModelError, NeuralMesh
@@ -96,6 +96,7 @@ __all__ = [
     "overlay",
     "silhouette_outline",
     "BuildConfig",
+    "BUILD_PRESETS",
     "build_model",
     "default_cache_dir",
     "model_cache_path",

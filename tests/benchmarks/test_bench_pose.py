@@ -341,6 +341,21 @@ def test_bench_pose_passes_the_room_probabilities_to_the_build(tmp_path, capsys,
     assert stop.value.code == 2 and "room_probability" in capsys.readouterr().err
 
 
+def test_bench_pose_preset_sets_the_build_and_its_flags_change_it(tmp_path, capsys, monkeypatch):
+    bench = load_bench()
+    seen = _record_builds(bench, monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.main(["--preset", "accurate", "--no-regression", "--cache", str(tmp_path)])
+    assert seen[0] == bench.BuildConfig.preset("accurate")
+    with pytest.raises(SystemExit):
+        bench.main(["--preset", "accurate", "--steps", "7", "--finetune-occlusion", "0.1", "0.6", "--no-regression",
+                    "--cache", str(tmp_path)])
+    assert seen[1] == bench.BuildConfig.preset("accurate", steps=7, finetune_occlusion=(0.1, 0.6))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--preset", "fast", "--no-regression"])
+    assert stop.value.code == 2 and "--preset" in capsys.readouterr().err
+
+
 def test_bench_pose_passes_train_settings_to_the_build_but_not_to_the_baselines_key(tmp_path, capsys, monkeypatch):
     bench = load_bench()
     seen = _record_builds(bench, monkeypatch)

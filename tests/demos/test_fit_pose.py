@@ -23,6 +23,7 @@ import torch
 
 from datasets.shapes import load_shape
 from neural_mesh.backbones import BackboneConfig, FeatureBackbone
+from neural_mesh.build import BuildConfig
 from neural_mesh.fitting import FitConfig
 from neural_mesh.model import PoseModel
 from neural_mesh.neural_mesh import NeuralMesh, file_sha256
@@ -330,6 +331,12 @@ def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path)
                  "--build-train", "neighbor_radius=0.04", "--build-train", "occluder_clutter=true"])
     assert seen[2].train == {"neighbor_radius": 0.04, "occluder_clutter": True}
     capsys.readouterr()
+    with pytest.raises(SystemExit):  # a preset, its fine-tuning flags changed without --build-finetune-steps
+        fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-preset", "accurate",
+                 "--build-finetune-occlusion", "0.1", "0.6"])
+    assert seen[3] == BuildConfig.preset("accurate", finetune_occlusion=(0.1, 0.6))
+    assert "24000 + 4000 fine-tuning training steps" in capsys.readouterr().err
+    capsys.readouterr()
     for item in ("temperature=0", "lr=1", "temperature"):
         code = fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-train", item])
         assert code == 2 and capsys.readouterr().err.startswith("fit_pose: error: --build-train: ")
@@ -365,7 +372,7 @@ BAD_CASES = (
     "missing image", "corrupt image", "second image corrupt", "missing mesh", "corrupt mesh", "zero focal",
     "nan focal", "K count", "K negative", "K inf", "K text", "focal and K", "bbox order", "bbox nan",
     "bbox outside", "missing model", "corrupt model json", "corrupt model weights", "out is a file",
-    "image without mesh", "mesh without image", "build option with model", "tiny build size", "build occlusion order",
+    "image without mesh", "mesh without image", "build option with model", "preset with model", "unknown preset", "tiny build size", "build occlusion order",
     "build occlusion with model", "finetune with model", "finetune occlusion without steps",
     "finetune occlusion order", "finetune jitter without steps", "finetune lighting without steps",
     "finetune rooms without steps", "room probability range",
@@ -413,6 +420,8 @@ def _bad_inputs(tmp: Path, model_dir: Path, shifted: Path) -> dict[str, tuple[li
         "image without mesh": ([img, *model], "--mesh"),
         "mesh without image": ([*mesh, *model], "IMAGE"),
         "build option with model": ([img, *mesh, *model, "--build-steps", "3"], "--build-steps"),
+        "preset with model": ([img, *mesh, *model, "--build-preset", "accurate"], "--build-preset"),
+        "unknown preset": ([img, *mesh, "--build-preset", "fast"], "--build-preset"),
         "tiny build size": ([img, *mesh, "--build-size", "8"], "--build-size"),
         "build occlusion order": ([img, *mesh, "--build-occlusion", "0.6", "0.2"], "--build-occlusion"),
         "build occlusion with model": ([img, *mesh, *model, "--build-occlusion", "0", "0.5"], "--build-occlusion"),

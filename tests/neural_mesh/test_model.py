@@ -406,6 +406,26 @@ def test_build_config_train_settings_reach_both_stages_and_the_key():
         BuildConfig(train=[("temperature", 0.1)])
 
 
+def test_build_presets_set_their_fields_and_take_changes():
+    from neural_mesh.build import BUILD_PRESETS
+
+    assert BuildConfig.preset("default") == BuildConfig()
+    accurate = BuildConfig.preset("accurate")
+    assert (accurate.steps, accurate.occlusion, accurate.finetune_steps, accurate.finetune_occlusion,
+            accurate.finetune_lr, accurate.finetune_room_probability) == (24000, (0.2, 0.7), 4000, (0.0, 0.5),
+                                                                           3e-5, 0.5)
+    assert accurate.first_stage() == BuildConfig(steps=24000, occlusion=(0.2, 0.7))
+    assert cache_key(CHAIR, accurate) != cache_key(CHAIR, BuildConfig())
+    changed = BuildConfig.preset("accurate", seed=1, steps=100)
+    assert (changed.seed, changed.steps, changed.finetune_steps) == (1, 100, 4000)
+    for name, fields in BUILD_PRESETS.items():  # every preset is a valid config of BuildConfig's fields
+        assert BuildConfig.preset(name).to_dict() == {**BuildConfig().to_dict(), **BuildConfig(**fields).to_dict()}
+    with pytest.raises(ValueError, match="BuildConfig.preset: expected one of"):
+        BuildConfig.preset("fast")
+    with pytest.raises(ValueError, match="BuildConfig.steps"):
+        BuildConfig.preset("accurate", steps=0)
+
+
 def test_every_train_setting_is_set_by_the_build_or_open_to_its_train_field():
     """A new TrainConfig field must be either a BuildConfig field's or one of TRAIN_FIELDS."""
     import dataclasses
