@@ -22,6 +22,9 @@ switches some of its effects off (:data:`datasets.raycast.EFFECTS`; the same sce
 otherwise), to find which of them a model trained on the engine's renders pays for.
 ``--test-seed S`` draws another test set of the same kind: choose settings on one, report
 on others (``benchmarks/pool_pose.py`` pools the ``--json`` results of several seeds).
+``--zoom-out F`` frames the same scenes F times wider (the object a smaller part of a
+larger photo, anywhere in its middle half), as users' photos often are: without ``--box``
+the fit must find the object first.
 The table gives Acc@pi/6, Acc@pi/18 and the median rotation error per level and method,
 and seconds per image: render-and-compare fits the images of a level in batches of
 ``--batch`` (the "batched" time) and a few images one at a time (the "single" time, the
@@ -47,7 +50,7 @@ much the features depend on where the crop puts the object.
         [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast [--raycast-off EFFECT ...]]
-        [--crop-shifts PX ...] [--test-seed S]
+        [--crop-shifts PX ...] [--test-seed S] [--zoom-out F] [--preset accurate]
         [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
@@ -91,25 +94,40 @@ TEST_SEED = 90_210
 RENDERERS = ("engine", "raycast")
 
 
+#: the farthest the object's centre may lie from the image centre in a zoomed-out test
+#: photo (``--zoom-out``), as a fraction of the image side
+ZOOM_OUT_MAX_JITTER = 0.25
+
+
 def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str = "engine",
-             raycast_off: Sequence[str] = (), seed: int = TEST_SEED):
+             raycast_off: Sequence[str] = (), seed: int = TEST_SEED, zoom_out: float = 1.0):
     """``n`` held-out samples of ``mesh`` at occlusion ``level``, drawn by the synthetic
     engine (``"engine"``) or by :mod:`datasets.raycast` (``"raycast"``: another renderer
     with its own shading, 3D scenes and 3D occluders; ``raycast_off`` switches some of its
     effects off, :data:`datasets.raycast.EFFECTS`, the scenes otherwise the same).
     Another ``seed`` draws another test set (a validation set to choose settings on,
-    or fresh images to confirm a choice made on the default one)."""
+    or fresh images to confirm a choice made on the default one). ``zoom_out`` > 1 frames
+    the photos wider, as a user's photo may be: the camera that many times farther away,
+    the image that many times larger (the object keeps its pixels and becomes a smaller
+    part of the photo) and the object's centre that many times farther from the image
+    centre, up to :data:`ZOOM_OUT_MAX_JITTER`; the same viewpoints otherwise."""
+    size = int(round(build.image_size * zoom_out))
     if renderer == "raycast":
-        from datasets.raycast import raycast_samples
+        from datasets.raycast import CENTER_JITTER, raycast_samples
 
-        return raycast_samples(mesh, n, level, build.image_size, seed=seed, off=raycast_off)
+        return raycast_samples(mesh, n, level, size, seed=seed, off=raycast_off, distance_scale=zoom_out,
+                               center_jitter=min(ZOOM_OUT_MAX_JITTER, CENTER_JITTER * zoom_out))
     from datasets.synthetic import SyntheticConfig, SyntheticDataset
     from neural_mesh.training import synthetic_data
 
     # the engine's default scenes at the build's image size, whatever the build's scene
     # settings: every build is tested on the same images
-    syn = SyntheticConfig.from_dict(synthetic_data((build.image_size,) * 2, mesh=mesh)["config"])
+    syn = SyntheticConfig.from_dict(synthetic_data((size, size), mesh=mesh)["config"])
     syn = dataclasses.replace(syn, occlusion=level, vertex_projections=False)
+    if zoom_out != 1:
+        near, far = syn.distance_range
+        syn = dataclasses.replace(syn, distance_range=(near * zoom_out, far * zoom_out),
+                                  center_jitter=min(ZOOM_OUT_MAX_JITTER, syn.center_jitter * zoom_out))
     ds = SyntheticDataset(syn, seed=seed + 1000 * level, length=n)
     return [ds[i] for i in range(n)]
 
@@ -433,6 +451,11 @@ def main(argv=None) -> int:
     p.add_argument("--raycast-off", nargs="+", default=[], choices=RAYCAST_EFFECTS, metavar="EFFECT",
                    help="with --renderer raycast: switch these effects of its scenes off, the scenes otherwise the "
                         f"same, to see which of them costs accuracy ({', '.join(RAYCAST_EFFECTS)})")
+    p.add_argument("--zoom-out", type=float, default=1.0, metavar="F",
+                   help="test photos framed F times wider (F >= 1): the camera F times farther away and the image "
+                        "F times larger, the object's centre up to a quarter of the image from its middle; the "
+                        "object becomes a smaller part of the photo, as in a user's photo, and the fit without "
+                        "--box must find it")
     p.add_argument("--test-seed", type=int, default=TEST_SEED, metavar="S",
                    help=f"seed of the test images (default {TEST_SEED}): another seed draws another test set, "
                         "to choose settings on images the final numbers are not measured on, or to confirm a "
@@ -453,6 +476,8 @@ def main(argv=None) -> int:
         p.error(f"--device {args.device}: this torch build sees no CUDA device")
     if args.raycast_off and args.renderer != "raycast":
         p.error("--raycast-off: switches off effects of the ray caster's scenes, so it needs --renderer raycast")
+    if not (math.isfinite(args.zoom_out) and 1 <= args.zoom_out <= 8):
+        p.error(f"--zoom-out: expected a factor in [1, 8], got {args.zoom_out:g}")
     if args.box_shift and not args.box:
         p.error("--box-shift: moves the true box, so it needs --box")
     if not (math.isfinite(args.box_shift) and args.box_shift >= 0):
@@ -506,10 +531,12 @@ def main(argv=None) -> int:
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "fit_config": dataclasses.asdict(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
-                         "raycast_off": args.raycast_off, "test_seed": args.test_seed, "device": str(device),
+                         "raycast_off": args.raycast_off, "zoom_out": args.zoom_out, "test_seed": args.test_seed,
+                         "device": str(device),
                          "levels": {}}
     for level in args.levels:
-        samples = test_set(mesh, build, level, args.n, args.renderer, args.raycast_off, seed=args.test_seed)
+        samples = test_set(mesh, build, level, args.n, args.renderer, args.raycast_off, seed=args.test_seed,
+                           zoom_out=args.zoom_out)
         occ = sum(float(s.get("occlusion", 0.0)) for s in samples) / len(samples)
         boxes = moved_boxes(samples, args.box_shift) if args.box else None
         nemo, err, fitted = eval_nemo(model, samples, args.batch, args.singles, fit_config, boxes)
@@ -542,6 +569,8 @@ def main(argv=None) -> int:
     drawn = "renders" if args.renderer == "engine" else "ray-cast images (another renderer)"
     if args.raycast_off:
         drawn = f"ray-cast images (another renderer; {', '.join(args.raycast_off)} off)"
+    if args.zoom_out != 1:
+        drawn += f" framed {args.zoom_out:g}x wider"
     low, high = build.occlusion
     occluders = f" with {low:.0%}-{high:.0%} occluded training renders" if high > 0 else ""
     if build.center_jitter != BuildConfig.center_jitter:

@@ -40,8 +40,9 @@ class PoolError(ValueError):
 
 
 def read_run(path: Path) -> dict:
-    """One ``bench_pose.py --json`` file (a run without ``test_seed``, ``backbone``,
-    ``image_size``, ``output_stride``, ``mesh_kind`` or ``num_verts`` used the default)."""
+    """One ``bench_pose.py --json`` file (a run without ``test_seed``, ``zoom_out``,
+    ``backbone``, ``image_size``, ``output_stride``, ``mesh_kind`` or ``num_verts`` used
+    the default)."""
     try:
         run = json.loads(Path(path).read_text())
     except OSError as error:
@@ -56,6 +57,7 @@ def read_run(path: Path) -> dict:
                 raise PoolError(f"{path}: {level} {method} keeps no per-image errors "
                                 "('errors_deg'; written by an older bench_pose.py)")
     run.setdefault("test_seed", TEST_SEED)
+    run.setdefault("zoom_out", 1.0)
     # recorded since these became flags
     for key in ("backbone", "image_size", "output_stride", "mesh_kind", "num_verts"):
         run.setdefault(key, getattr(BuildConfig, key))

@@ -342,18 +342,21 @@ def _effects_off(off: Sequence[str]) -> frozenset[str]:
 
 
 def make_scene(obj_verts: np.ndarray, obj_faces: np.ndarray, size: tuple[int, int], level: int,
-               rng: np.random.Generator, max_tries: int = 60, off: Sequence[str] = ()) -> RaycastScene:
+               rng: np.random.Generator, max_tries: int = 60, off: Sequence[str] = (),
+               distance_scale: float = 1.0, center_jitter: float = CENTER_JITTER) -> RaycastScene:
     """One scene of the canonical-frame mesh at occlusion ``level`` (0-3), without the
-    effects named in ``off`` (:data:`EFFECTS`)."""
+    effects named in ``off`` (:data:`EFFECTS`), the camera ``distance_scale`` times
+    :data:`DISTANCE` away and the object's centre up to ``center_jitter`` image sides from
+    the image centre (the same random draws whatever these two are)."""
     if level not in OCCLUSION_LEVELS:
         raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
     off = _effects_off(off)
     h, w = size
     az, el = rng.uniform(*AZIMUTH), rng.uniform(*ELEVATION)
-    theta, dist = rng.uniform(*THETA), rng.uniform(*DISTANCE)
+    theta, dist = rng.uniform(*THETA), rng.uniform(*DISTANCE) * distance_scale
     f = rng.uniform(*FOCAL) * max(h, w)
-    cx = (w - 1) / 2 + rng.uniform(-CENTER_JITTER, CENTER_JITTER) * w
-    cy = (h - 1) / 2 + rng.uniform(-CENTER_JITTER, CENTER_JITTER) * h
+    cx = (w - 1) / 2 + rng.uniform(-center_jitter, center_jitter) * w
+    cy = (h - 1) / 2 + rng.uniform(-center_jitter, center_jitter) * h
     K = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1.0]])
     Rt, tt = angles_to_pose(torch.tensor(az, dtype=torch.float64), torch.tensor(el, dtype=torch.float64),
                             torch.tensor(theta, dtype=torch.float64), torch.tensor(dist, dtype=torch.float64))
@@ -497,10 +500,12 @@ def _sample(scene: RaycastScene, mesh_id: str) -> dict[str, Any]:
 
 
 def raycast_samples(mesh: str | Path | Mesh, n: int, level: int = 0, size: int | Sequence[int] = 128,
-                    seed: int = 0, progress: bool = False, off: Sequence[str] = ()) -> list[dict[str, Any]]:
+                    seed: int = 0, progress: bool = False, off: Sequence[str] = (),
+                    distance_scale: float = 1.0, center_jitter: float = CENTER_JITTER) -> list[dict[str, Any]]:
     """``n`` ray-cast test samples of a mesh (a file, or a loaded :class:`render.Mesh`) at
     occlusion ``level`` (module docstring), without the effects named in ``off``
-    (:data:`EFFECTS`).
+    (:data:`EFFECTS`); ``distance_scale`` and ``center_jitter`` as in :func:`make_scene`
+    (e.g. wider framings: the object smaller and anywhere in a larger image).
 
     Scene ``i`` depends only on ``(seed, level, i)``; switching an effect off leaves the
     rest of it as it was (unless the scene then misses its occlusion level, e.g. without
@@ -518,6 +523,10 @@ def raycast_samples(mesh: str | Path | Mesh, n: int, level: int = 0, size: int |
     if level not in OCCLUSION_LEVELS:
         raise ValueError(f"level: expected one of {sorted(OCCLUSION_LEVELS)}, got {level!r}")
     off = _effects_off(off)
+    if not (math.isfinite(distance_scale) and distance_scale > 0):
+        raise ValueError(f"distance_scale: expected a number > 0, got {distance_scale!r}")
+    if not (0.0 <= center_jitter <= 0.5):
+        raise ValueError(f"center_jitter: expected a fraction of the image in [0, 0.5], got {center_jitter!r}")
     if not isinstance(mesh, Mesh):
         mesh = load_mesh(mesh)
     verts, faces, _, _ = _canonical(mesh)
@@ -532,7 +541,8 @@ def raycast_samples(mesh: str | Path | Mesh, n: int, level: int = 0, size: int |
         for attempt in range(20):
             rng = np.random.default_rng([seed, level, i, attempt])
             try:
-                scene = make_scene(verts, faces, hw, level, rng, off=off)
+                scene = make_scene(verts, faces, hw, level, rng, off=off, distance_scale=distance_scale,
+                                   center_jitter=center_jitter)
                 break
             except RuntimeError:
                 continue

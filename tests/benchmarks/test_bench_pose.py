@@ -227,7 +227,9 @@ def test_bench_pose_box_shift_gives_the_moved_box(tmp_path, capsys, monkeypatch)
 @pytest.mark.parametrize("extra, words", [(["--box-shift", "4"], "needs --box"),
                                           (["--box", "--box-shift", "-1"], "expected a distance >= 0"),
                                           (["--raycast-off", "shadows"], "needs --renderer raycast"),
-                                          (["--renderer", "raycast", "--raycast-off", "fog"], "invalid choice: 'fog'")])
+                                          (["--renderer", "raycast", "--raycast-off", "fog"], "invalid choice: 'fog'"),
+                                          (["--zoom-out", "0.5"], "--zoom-out: expected a factor in [1, 8]"),
+                                          (["--zoom-out", "nan"], "--zoom-out: expected a factor in [1, 8]")])
 def test_bench_pose_rejects_bad_test_image_options(capsys, extra, words):
     with pytest.raises(SystemExit) as exit_info:
         load_bench().main(["--no-regression", *extra])
@@ -279,6 +281,13 @@ def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     assert 0.2 <= result["levels"]["L1"]["occlusion"] <= 0.45
 
 
+def test_bench_pose_zoom_out_frames_the_test_photos_wider(tmp_path, capsys):
+    bench, out, args = _tiny_model_run(tmp_path, "--n", "1", "--singles", "0", "--zoom-out", "1.5")
+    assert bench.main(args) == 0
+    assert "renders framed 1.5x wider of chair.obj" in capsys.readouterr().out
+    assert json.loads(out.read_text())["zoom_out"] == 1.5
+
+
 @pytest.mark.parametrize("renderer", ["engine", "raycast"])
 def test_another_test_seed_draws_another_test_set(renderer):
     bench = load_bench()
@@ -288,6 +297,21 @@ def test_another_test_seed_draws_another_test_set(renderer):
     for a, b, c in zip(first, again, other):
         assert torch.equal(a["image"], b["image"])
         assert not torch.equal(a["image"], c["image"])
+
+
+@pytest.mark.parametrize("renderer", ["engine", "raycast"])
+def test_zoomed_out_test_photos_keep_the_viewpoints_and_the_objects_pixels(renderer):
+    bench = load_bench()
+    build = bench.BuildConfig(image_size=64)
+    near = bench.test_set(CHAIR, build, 0, 2, renderer)
+    wide = bench.test_set(CHAIR, build, 0, 2, renderer, zoom_out=2)
+    for a, b in zip(near, wide):
+        assert a["image"].shape[-2:] == (64, 64) and b["image"].shape[-2:] == (128, 128)
+        assert float(a["azimuth"]) == float(b["azimuth"]) and float(a["elevation"]) == float(b["elevation"])
+        assert float(b["distance"]) == pytest.approx(2 * float(a["distance"]))
+        # the same focal length in image sides, twice the sides, twice the distance: the same pixels
+        side = lambda s: max(float(s["bbox"][2] - s["bbox"][0]), float(s["bbox"][3] - s["bbox"][1]))
+        assert side(b) == pytest.approx(side(a), abs=3)
 
 
 def test_bench_pose_rejects_a_bad_occlusion_range(capsys):

@@ -72,7 +72,7 @@ def test_a_run_without_backbone_size_or_stride_used_the_defaults(tmp_path):
     pool = load_pool()
     old = run_json(tmp_path / "old.json", 1, {"L0": [1.0]})
     same = run_json(tmp_path / "same.json", 2, {"L0": [2.0]}, backbone="small", image_size=128, output_stride=8,
-                    mesh_kind="remesh", num_verts=400)
+                    mesh_kind="remesh", num_verts=400, zoom_out=1.0)
     assert pool.pool({"old": pool.read_run(old), "same": pool.read_run(same)})["levels"]["L0"]["render_and_compare"][
         "images"] == 2
     finer = run_json(tmp_path / "finer.json", 3, {"L0": [2.0]}, output_stride=4)
@@ -86,6 +86,7 @@ def test_a_run_without_backbone_size_or_stride_used_the_defaults(tmp_path):
     ({"image_size": 192}, "differ in 'image_size'"),
     ({"mesh_kind": "cuboid"}, "differ in 'mesh_kind'"),
     ({"num_verts": 1000}, "differ in 'num_verts'"),
+    ({"zoom_out": 2.0}, "differ in 'zoom_out'"),
     ({"fit": {"upsample": 1}}, "differ in 'fit'"),
     ({"fit_config": {"crop_ensemble": 0}}, "differ in 'fit_config'"),
     ({"test_seed": 1}, "L0 on test seed 1: its images would count twice"),

@@ -170,3 +170,7 @@ def test_bad_arguments_raise():
         rc.raycast_samples(CHAIR, 1, size=4)
     with pytest.raises(ValueError, match="unknown effect.*'fog'"):
         rc.raycast_samples(CHAIR, 1, off=["shadows", "fog"])
+    with pytest.raises(ValueError, match="distance_scale"):
+        rc.raycast_samples(CHAIR, 1, distance_scale=0.0)
+    with pytest.raises(ValueError, match="center_jitter"):
+        rc.raycast_samples(CHAIR, 1, center_jitter=0.7)
