@@ -80,7 +80,7 @@ from neural_mesh.build import BUILD_PRESETS, TRAIN_FIELDS, BuildConfig, build_mo
 from neural_mesh.backbones import OUTPUT_STRIDES, PRESETS, feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
 from neural_mesh.metrics import rotation_error
-from neural_mesh.model import PoseModel
+from neural_mesh.model import PoseModel, box_fraction_of
 from neural_mesh.neural_mesh import MESH_KINDS, ModelError
 from render.allocator import tune_cpu_allocator
 from render.cli import assignments
@@ -546,7 +546,7 @@ def main(argv=None) -> int:
         nemo["truth_started"], started_err, started = truth_started(model, samples, args.batch, fit_config)
         failures, misses = search_misses(model, samples, fitted, started, err, started_err, fit_config)
         nemo["truth_started"].update(failures=failures, search_misses=misses)
-        res = {"occlusion": occ, "render_and_compare": nemo}
+        res = {"occlusion": occ, "object_fraction": box_fraction_of(samples), "render_and_compare": nemo}
         if regressor is not None:
             res["regression"] = eval_regression(regressor, samples, args.batch, model)[0]
         results["levels"][f"L{level}"] = res
@@ -601,6 +601,9 @@ def main(argv=None) -> int:
           "|----------------:|-----------:|--------------:|")
     for row in rows:
         print(row)
+    shares = ", ".join(f"{level} {res['object_fraction']:.2f}" for level, res in results["levels"].items())
+    print(f"\nThe object's box spans a median share of the test images' longer side of {shares} (in the "
+          f"model's training renders: {model.box_fraction:.2f}, PoseModel.box_fraction)")
     if args.crop_shifts:
         print(f"\nMargin at truth (share explained) on crops around the true box, moved by this many of the "
               f"model's {model.image_size[0]}-pixel input pixels (stride {model.backbone.stride}); "

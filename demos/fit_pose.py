@@ -106,7 +106,7 @@ from datasets.synthetic import LIGHTINGS
 from neural_mesh.build import BUILD_PRESETS, BuildConfig, build_model, default_cache_dir, model_cache_path
 from neural_mesh.fitting import FitConfig, PoseResult
 from neural_mesh.metrics import rotation_error
-from neural_mesh.model import PoseModel
+from neural_mesh.model import SMALL_IN_PHOTO, PoseModel
 from neural_mesh.neural_mesh import file_sha256
 from neural_mesh.overlay import overlay
 from render import Mesh, default_intrinsics, intrinsics, load_mesh
@@ -593,6 +593,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = model.fit([job.images[i] for i in batch], [job.Ks[i] for i in batch], config=config,
                                 bbox=[job.bbox] * len(batch) if job.bbox is not None else None)
             done = [pose_record(model, r, labels[i]) for r, i in zip(results, batch)]
+            if job.bbox is None:
+                for r, i in zip(results, batch):
+                    if model.small_in_photo(r, job.images[i].shape[-2:], job.Ks[i]):
+                        frac = model.photo_fraction(r.R, r.t, job.Ks[i], job.images[i].shape[-2:])
+                        tqdm.write(f"{PROG}: warning: {labels[i]}: the fitted object spans only {frac:.0%} of the "
+                                   f"photo; without --bbox, fits of objects under about "
+                                   f"{SMALL_IN_PHOTO * model.box_fraction:.0%} of it are often wrong: give "
+                                   "--bbox X0 Y0 X1 Y1 around it", file=sys.stderr)
             for record in done:
                 tqdm.write(json.dumps(record) if args.json else describe(record), file=sys.stdout)
             sys.stdout.flush()

@@ -36,6 +36,16 @@ renders, up to 9) took a 3,000-step heavy-occluder build (``benchmarks/bench_pos
 with L0 unchanged within one image (74.2% -> 73.3%); in a scratch trial, crops centred on
 the true pose's centre also beat crops around the true box at both levels.
 
+**Photos framed wider than the training renders.** The second look needs a first fit
+that found the object. When the object spans much less of the photo than of the training
+renders, the whole-photo first fit sees it over too few feature cells, and the fit is
+often wrong; given a box around it, the same model fits it as well as in training framing
+(:data:`SMALL_IN_PHOTO`). Neither the feature margins nor the fit's score picked the right
+crop among a pyramid of candidate crops in scratch trials: the clutter model, trained on
+one framing, does not tell enlarged background from the object. So give a box
+(``fit_pose.py --bbox``) when the object is small in the photo;
+:meth:`PoseModel.small_in_photo` flags such fits.
+
 Last (:attr:`FitConfig.crop_ensemble`, 4 by default), the pose is refined again from itself
 on four crops moved diagonally by half a feature cell (:attr:`FitConfig.crop_shift`, 4
 input pixels) and the four refinements are averaged (:func:`render.mean_rotation`, mean
@@ -82,6 +92,13 @@ from .fitting import FitConfig, PoseResult, check_init_poses, fit_pose, pose_res
 from .neural_mesh import ModelError, NeuralMesh, atomic_directory, file_sha256
 
 __all__ = ["PoseModel", "MODEL_FILE", "BACKBONE_FILE", "MESH_DIR", "crop_intrinsics", "crop_image", "box_fraction_of"]
+
+#: :meth:`PoseModel.small_in_photo`: below this share of the training framing, fits without
+#: a box are unreliable. On 80 renders of the bundled chair framed wider than the test set's
+#: usual framing (``benchmarks/bench_pose.py --zoom-out F``, default build), Acc@pi/6 without
+#: a box fell from 92.5% (F 1) to 61% (F 1.5) and 26% (F 2), and was 96% at F 2 given
+#: the true box (docs/pose_results.md, "Photos framed wider than the training renders").
+SMALL_IN_PHOTO = 0.55
 
 MODEL_FORMAT = "meshpose_pose_model"
 MODEL_VERSION = 1
@@ -366,6 +383,19 @@ class PoseModel:
         x0, y0, x1, y1 = (float(v) for v in box)
         scale = max(x1 - x0, y1 - y0) / self.box_fraction / self.image_size[0]  # photo pixels per input pixel
         return [x0 + dx * scale, y0 + dy * scale, x1 + dx * scale, y1 + dy * scale]
+
+    def photo_fraction(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, size: Sequence[int]) -> float:
+        """How much of a photo of ``size (H, W)`` the object spans at pose ``(R, t)``: the
+        longer side of :meth:`projected_box` over the photo's longer side (the training
+        renders' median is :attr:`box_fraction`)."""
+        x0, y0, x1, y1 = self.projected_box(R, t, K)
+        return max(x1 - x0, y1 - y0) / max(int(size[0]), int(size[1]))
+
+    def small_in_photo(self, result: PoseResult, size: Sequence[int], K: torch.Tensor) -> bool:
+        """Whether a fit found the object spanning less than :data:`SMALL_IN_PHOTO` of the
+        training framing (:meth:`photo_fraction` < ``SMALL_IN_PHOTO * box_fraction``):
+        without a box such fits are often wrong (module docstring), so give one."""
+        return self.photo_fraction(result.R, result.t, K, size) < SMALL_IN_PHOTO * self.box_fraction
 
     def _needs_recrop(self, result: PoseResult, image: torch.Tensor, K: torch.Tensor) -> bool:
         H, W = image.shape[-2:]

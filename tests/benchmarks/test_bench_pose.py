@@ -284,8 +284,13 @@ def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
 def test_bench_pose_zoom_out_frames_the_test_photos_wider(tmp_path, capsys):
     bench, out, args = _tiny_model_run(tmp_path, "--n", "1", "--singles", "0", "--zoom-out", "1.5")
     assert bench.main(args) == 0
-    assert "renders framed 1.5x wider of chair.obj" in capsys.readouterr().out
-    assert json.loads(out.read_text())["zoom_out"] == 1.5
+    table = capsys.readouterr().out
+    assert "renders framed 1.5x wider of chair.obj" in table
+    result = json.loads(out.read_text())
+    assert result["zoom_out"] == 1.5
+    # the object's share of the photo, printed and kept: about 1 / 1.5 of a training-like framing's
+    share = result["levels"]["L0"]["object_fraction"]
+    assert 0.2 < share < 0.6 and f"L0 {share:.2f}" in table
 
 
 @pytest.mark.parametrize("renderer", ["engine", "raycast"])

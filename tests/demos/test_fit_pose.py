@@ -196,6 +196,21 @@ def test_fit_upsample_and_crops_reach_the_fit(fp, capsys, photos, shifted, model
     assert seen and all(c.upsample == 2 and c.steps == 0 and c.crop_ensemble == 3 for c in seen)
 
 
+def test_an_object_small_in_the_photo_without_bbox_is_a_warning(fp, capsys, photos, shifted, model_dir, monkeypatch):
+    # small_in_photo's own logic is tested with the model; here: who is warned, and where
+    asked = []
+    monkeypatch.setattr(PoseModel, "small_in_photo", lambda self, result, size, K: asked.append(tuple(size)) or True)
+    code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--json", *FAST)
+    assert code == 0, err
+    assert len(out.splitlines()) == 1 and json.loads(out)  # stdout stays one JSON line
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and str(photos[0]) in warning[0] and "--bbox" in warning[0]
+    assert len(asked) == 1
+    code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--bbox", "10", "10", "60",
+                         "60", *FAST)
+    assert code == 0 and "warning" not in err and len(asked) == 1  # a given box: no question
+
+
 def test_many_images_are_fitted_in_batches_with_progress_and_streamed(fp, capsys, shifted, model_dir, tmp_path,
                                                                       monkeypatch):
     # 10 small photos: two batches (8 + 2), a progress bar, every record out; the poses do

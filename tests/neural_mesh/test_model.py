@@ -174,6 +174,29 @@ def test_fit_returns_poses_in_photo_pixels(tiny_model):
         tiny_model.fit(images, Ks[:1], config=quick)
 
 
+def test_small_in_photo_compares_the_objects_share_of_the_photo_with_the_training_framing(tiny_model):
+    from neural_mesh.fitting import PoseResult
+    from neural_mesh.model import SMALL_IN_PHOTO
+
+    K = intrinsics(150.0, 150.0, 99.5, 79.5)
+    R, t = angles_to_pose(torch.tensor(0.9), torch.tensor(0.3), torch.tensor(0.0), torch.tensor(4.0))
+    x0, y0, x1, y1 = tiny_model.projected_box(R, t, K)
+    assert tiny_model.photo_fraction(R, t, K, (160, 200)) == pytest.approx(max(x1 - x0, y1 - y0) / 200)
+    near = tiny_model.photo_fraction(R, t, K, (160, 200))
+    # twice as far: half the share of the photo
+    assert tiny_model.photo_fraction(R, 2 * t, K, (160, 200)) == pytest.approx(near / 2, rel=0.05)
+
+    def result(distance: float) -> PoseResult:
+        return PoseResult(R=R, t=t * distance / 4.0, azimuth=0.9, elevation=0.3, theta=0.0, distance=distance,
+                          u0=99.5, v0=79.5, score=0.5, loss_curve=[], seconds=0.0)
+
+    threshold = SMALL_IN_PHOTO * tiny_model.box_fraction
+    # the distance at which the object spans exactly the threshold, then a little nearer / farther
+    edge = 4.0 * near / threshold
+    assert not tiny_model.small_in_photo(result(0.95 * edge), (160, 200), K)
+    assert tiny_model.small_in_photo(result(1.05 * edge), (160, 200), K)
+
+
 def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypatch):
     # stub passes: the first scores 0.5 everywhere, the second per image; the object sits
     # at the training scale and centre, so only the scores decide
