@@ -38,7 +38,10 @@ principal point at the image centre. Without either, the focal length is **guess
 the image centre (:func:`render.default_intrinsics`); a wrong focal length mostly changes
 the fitted distance. The same intrinsics and the same ``--bbox`` (the object's box in
 pixels, ``x0 y0 x1 y1``) apply to every IMAGE, so give ``--bbox`` with one image (or with
-photos that share a framing). Images are fitted in batches of ``FIT_BATCH`` (8), with a
+photos that share a framing). Give it when the object spans less than about half of the
+photo: without a box the fit must find the object itself, which fails more often the
+smaller the object is (:data:`neural_mesh.model.SMALL_IN_PHOTO`); a warning on stderr names
+the images whose fitted object looks that small. Images are fitted in batches of ``FIT_BATCH`` (8), with a
 progress bar on stderr when there is more than one batch; each batch's lines and files
 are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
 what it finished, and with ``--out DIR --resume`` a rerun goes on from there (below).
@@ -164,7 +167,8 @@ def parser() -> argparse.ArgumentParser:
     cam.add_argument("--K", type=_number, nargs=4, metavar=("FX", "FY", "CX", "CY"),
                      help="intrinsics in pixels (OpenCV; pixel centres at integers)")
     p.add_argument("--bbox", type=_number, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
-                   help="the object's box in pixels (applies to every IMAGE)")
+                   help="the object's box in pixels (applies to every IMAGE); give it when the object spans "
+                        "less than about half of the photo")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="write <stem>_pose.json and <stem>_overlay.png per image here")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout, nothing else")
