@@ -75,8 +75,9 @@ from typing import Sequence
 import torch
 
 from datasets.raycast import EFFECTS as RAYCAST_EFFECTS
-from datasets.synthetic import LIGHTINGS
-from neural_mesh.build import BUILD_PRESETS, TRAIN_FIELDS, BuildConfig, build_model, cache_key, default_cache_dir
+from datasets.synthetic import LIGHTINGS, ZOOM_OUT_MAX_JITTER
+from neural_mesh.build import (BUILD_PRESETS, SCENE_FIELDS, TRAIN_FIELDS, BuildConfig, build_model, cache_key,
+                               default_cache_dir)
 from neural_mesh.backbones import OUTPUT_STRIDES, PRESETS, feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
 from neural_mesh.metrics import rotation_error
@@ -94,11 +95,6 @@ TEST_SEED = 90_210
 RENDERERS = ("engine", "raycast")
 
 
-#: the farthest the object's centre may lie from the image centre in a zoomed-out test
-#: photo (``--zoom-out``), as a fraction of the image side
-ZOOM_OUT_MAX_JITTER = 0.25
-
-
 def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str = "engine",
              raycast_off: Sequence[str] = (), seed: int = TEST_SEED, zoom_out: float = 1.0):
     """``n`` held-out samples of ``mesh`` at occlusion ``level``, drawn by the synthetic
@@ -110,7 +106,7 @@ def test_set(mesh: Path, build: BuildConfig, level: int, n: int, renderer: str =
     the photos wider, as a user's photo may be: the camera that many times farther away,
     the image that many times larger (the object keeps its pixels and becomes a smaller
     part of the photo) and the object's centre that many times farther from the image
-    centre, up to :data:`ZOOM_OUT_MAX_JITTER`; the same viewpoints otherwise."""
+    centre, up to :data:`datasets.synthetic.ZOOM_OUT_MAX_JITTER`; the same viewpoints otherwise."""
     size = int(round(build.image_size * zoom_out))
     if renderer == "raycast":
         from datasets.raycast import CENTER_JITTER, raycast_samples
@@ -419,6 +415,10 @@ def main(argv=None) -> int:
                    help="another training setting of the build (BuildConfig.train: a TrainConfig setting of "
                         f"{', '.join(TRAIN_FIELDS)}), e.g. --train neighbor_radius=0.075 --train sampling=nearest: "
                         "NeMo's loss instead of the build's defaults (neural_mesh.build.TRAIN_DEFAULTS)")
+    p.add_argument("--scene", action="append", default=[], metavar="NAME=VALUE",
+                   help="another setting of the build's training renders (BuildConfig.scene: a SyntheticConfig "
+                        f"setting of {', '.join(SCENE_FIELDS)}), e.g. --scene zoom_out_probability=0.3 --scene "
+                        "background_scale_range=[0.03,1.2]")
     p.add_argument("--seed", type=int, default=BuildConfig.seed, metavar="S",
                    help="seed of the build's weights, banks and training renders (BuildConfig.seed): another "
                         "seed trains another model of the same settings, to see how much builds differ")
@@ -490,6 +490,10 @@ def main(argv=None) -> int:
         train = assignments(args.train)
     except ValueError as error:
         p.error(f"--train: {error}")
+    try:
+        scene = assignments(args.scene)
+    except ValueError as error:
+        p.error(f"--scene: {error}")
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
@@ -501,7 +505,8 @@ def main(argv=None) -> int:
                             finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
                             finetune_room_probability=args.finetune_room_probability, backbone=args.backbone,
                             image_size=args.image_size, output_stride=args.output_stride,
-                            mesh_kind=args.mesh_kind, num_verts=args.num_verts, train=train, seed=args.seed)
+                            mesh_kind=args.mesh_kind, num_verts=args.num_verts, train=train, scene=scene,
+                            seed=args.seed)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()
@@ -527,7 +532,8 @@ def main(argv=None) -> int:
                          "finetune_room_probability": build.finetune_room_probability,
                          "backbone": build.backbone, "image_size": build.image_size,
                          "output_stride": build.output_stride, "mesh_kind": build.mesh_kind,
-                         "num_verts": build.num_verts, "train": build.train, "seed": build.seed, "n": args.n,
+                         "num_verts": build.num_verts, "train": build.train, "scene": build.scene, "seed": build.seed,
+                         "n": args.n,
                          "loss": args.loss, "polish": args.polish, "fit": fit_changes(fit_config),
                          "fit_config": dataclasses.asdict(fit_config),
                          "box": args.box, "box_shift": args.box_shift, "renderer": args.renderer,
@@ -581,6 +587,8 @@ def main(argv=None) -> int:
         occluders += f"{',' if occluders else ''} {build.lighting} lighting"
     if build.room_probability:
         occluders += f"{',' if occluders else ''} rooms in {build.room_probability:.0%}"
+    if build.scene:
+        occluders += f"{',' if occluders else ''} scene {json.dumps(build.scene, separators=(',', ':'))}"
     if build.finetune_steps:
         low, high = build.finetune_occlusion
         occluders += f", then {build.finetune_steps} fine-tuning steps on {low:.0%}-{high:.0%} occluded renders"

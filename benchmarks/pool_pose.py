@@ -40,7 +40,7 @@ class PoolError(ValueError):
 
 
 def read_run(path: Path) -> dict:
-    """One ``bench_pose.py --json`` file (a run without ``test_seed``, ``zoom_out``,
+    """One ``bench_pose.py --json`` file (a run without ``test_seed``, ``zoom_out``, ``scene``,
     ``backbone``, ``image_size``, ``output_stride``, ``mesh_kind`` or ``num_verts`` used
     the default)."""
     try:
@@ -58,6 +58,7 @@ def read_run(path: Path) -> dict:
                                 "('errors_deg'; written by an older bench_pose.py)")
     run.setdefault("test_seed", TEST_SEED)
     run.setdefault("zoom_out", 1.0)
+    run.setdefault("scene", {})
     # recorded since these became flags
     for key in ("backbone", "image_size", "output_stride", "mesh_kind", "num_verts"):
         run.setdefault(key, getattr(BuildConfig, key))

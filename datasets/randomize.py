@@ -99,6 +99,9 @@ __all__ = [
     "sprite_resolution",
 ]
 
+#: Default ``(low, high)`` pattern scale of procedural backgrounds (fraction of the image's
+#: longer side; :func:`sample_background` draws it log-uniformly).
+BACKGROUND_SCALE_RANGE = (0.03, 0.4)
 #: Procedural background kinds drawn by :func:`sample_background`.
 BACKGROUND_KINDS = ("noise", "gradient", "stripes", "checkers", "blobs", "leaves")
 #: Solid-texture patterns of :class:`AppearanceParams`.
@@ -275,6 +278,7 @@ def sample_background(
     photos: Sequence[str] = (),
     photo_probability: float = 0.5,
     kinds: Sequence[str] = BACKGROUND_KINDS,
+    scale_range: tuple[float, float] = BACKGROUND_SCALE_RANGE,
 ) -> BackgroundParams:
     """Draw background parameters.
 
@@ -285,6 +289,7 @@ def sample_background(
         photos: paths of photos (e.g. :func:`list_photos`); with probability
             ``photo_probability`` a random crop of one of them is used.
         kinds: the procedural kinds to draw from otherwise.
+        scale_range: ``(low, high)`` of their pattern scale (log-uniform).
     """
     _check_generator(generator)
     h, w = check_image_size(image_size)
@@ -304,7 +309,7 @@ def sample_background(
     kind = kinds[_randint(g, len(kinds))]
     ncolors = 2 + _randint(g, 3)
     colors = tuple(_color(g, saturation=(0.0, 0.9), value=(0.1, 1.0)) for _ in range(ncolors))
-    scale = math.exp(_uniform(g, math.log(0.03), math.log(0.4)))
+    scale = math.exp(_uniform(g, math.log(scale_range[0]), math.log(scale_range[1])))
     angle = _uniform(g, 0.0, math.pi)
     return BackgroundParams(kind=kind, colors=colors, scale=scale, angle=angle, seed=_subseed(g))
 

@@ -142,6 +142,10 @@ LIGHTINGS = ("lambert", "full")
 #: salt of the seed of :attr:`SceneParams.shading`'s own random stream
 _SHADING_STREAM = 0x5AD1
 _ROOM_STREAM = 0x2001
+_ZOOM_STREAM = 0x200A
+#: the farthest a zoomed-out render moves the object's centre from the image centre
+#: (:attr:`SyntheticConfig.zoom_out_probability`), as a fraction of the image side
+ZOOM_OUT_MAX_JITTER = 0.25
 
 _MASK64 = (1 << 64) - 1
 
@@ -205,6 +209,15 @@ class SyntheticConfig:
             in front of the procedural background (:func:`datasets.randomize.sample_room`,
             :func:`datasets.randomize.apply_room`): a horizon, foreshortened patterns.
             Drawn from a random stream of its own, like ``lighting``'s effects.
+        zoom_out_probability: chance that a render frames the object wider: the camera
+            ``f`` times farther away and the object's centre ``f`` times farther from the
+            image centre (up to :data:`ZOOM_OUT_MAX_JITTER`), ``f`` drawn log-uniformly
+            from ``zoom_out_range``; the object then spans less of the image, as in a
+            user's photo. Drawn from a random stream of its own, like ``lighting``'s.
+        zoom_out_range: ``(low, high)`` factors ``f >= 1`` of a zoomed-out render.
+        background_scale_range: ``(low, high)`` pattern scale of the procedural
+            backgrounds, as a fraction of the image's longer side, drawn log-uniformly
+            (``scale`` of :class:`datasets.randomize.BackgroundParams`); larger: coarser.
         points: number of surface points in ``points`` (0: key absent).
         vertex_projections: add ``vertex_uv`` and ``vertex_visible``.
         neural_mesh_verts: vertex target of the neural-mesh surface.
@@ -238,6 +251,9 @@ class SyntheticConfig:
     photometric: bool = True
     lighting: str = "lambert"
     room_probability: float = 0.0
+    zoom_out_probability: float = 0.0
+    zoom_out_range: tuple[float, float] = (1.5, 3.0)
+    background_scale_range: tuple[float, float] = rz.BACKGROUND_SCALE_RANGE
     points: int = 0
     vertex_projections: bool = False
     neural_mesh_verts: int = 1000
@@ -295,7 +311,16 @@ class SyntheticConfig:
             put("occlusion", int(occ))
         else:
             put("occlusion", _range("occlusion", occ, 0.0, 1.0))
-        for name in ("occluder_shape_probability", "photo_probability", "mesh_color_probability", "room_probability"):
+        zoom = _range("zoom_out_range", self.zoom_out_range)
+        if zoom[0] < 1.0:
+            raise ValueError(f"SyntheticConfig.zoom_out_range: expected factors >= 1, got {zoom}")
+        put("zoom_out_range", zoom)
+        scales = _range("background_scale_range", self.background_scale_range)
+        if scales[0] <= 0.0:
+            raise ValueError(f"SyntheticConfig.background_scale_range: expected scales > 0, got {scales}")
+        put("background_scale_range", scales)
+        for name in ("occluder_shape_probability", "photo_probability", "mesh_color_probability", "room_probability",
+                     "zoom_out_probability"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"SyntheticConfig.{name}: expected a probability in [0, 1], got {getattr(self, name)}")
         if int(self.max_occluders) < 1:
@@ -616,8 +641,16 @@ class SyntheticDataset(torch.utils.data.Dataset):
         theta = u(g, *cfg.theta_range)
         distance = u(g, *cfg.distance_range)
         focal = u(g, *cfg.focal_range) * max(h, w)
-        cx = (w - 1) / 2.0 + u(g, -1.0, 1.0) * cfg.center_jitter * w
-        cy = (h - 1) / 2.0 + u(g, -1.0, 1.0) * cfg.center_jitter * h
+        jitter_x, jitter_y = u(g, -1.0, 1.0), u(g, -1.0, 1.0)
+        jitter = cfg.center_jitter
+        if cfg.zoom_out_probability > 0:
+            zg = index_generator(self.seed ^ _ZOOM_STREAM, index)
+            if u(zg, 0.0, 1.0) < cfg.zoom_out_probability:
+                factor = math.exp(u(zg, *(math.log(f) for f in cfg.zoom_out_range)))
+                distance *= factor
+                jitter = max(jitter, min(ZOOM_OUT_MAX_JITTER, jitter * factor))
+        cx = (w - 1) / 2.0 + jitter_x * jitter * w
+        cy = (h - 1) / 2.0 + jitter_y * jitter * h
         if cfg.center_on == "box":
             # the principal point moves the whole projection rigidly: put the projected
             # vertices' box centre where the origin would have been
@@ -631,7 +664,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
         parts = max(1, shape.num_parts)
         appearance = rz.sample_appearance(g, parts, mesh_color_probability=cfg.mesh_color_probability)
         light = rz.sample_light(g)
-        background = rz.sample_background(g, (h, w), photos=self.photos, photo_probability=cfg.photo_probability)
+        background = rz.sample_background(g, (h, w), photos=self.photos, photo_probability=cfg.photo_probability,
+                                          scale_range=cfg.background_scale_range)
         photometric = rz.sample_photometric(g) if cfg.photometric else None
         # from a stream of its own, so that "full" lighting leaves every other choice as it is
         shading = rz.sample_shading(index_generator(self.seed ^ _SHADING_STREAM, index)) if cfg.lighting == "full" else None

@@ -22,7 +22,8 @@ mesh file's content and the build settings, so later runs start at once.
 (fewer steps or smaller renders: faster to build, worse poses), and
 ``--build-finetune-steps``, ``--build-finetune-occlusion``, ``--build-finetune-lr`` and
 ``--build-finetune-center-jitter`` add a fine-tuning stage; ``--build-train NAME=VALUE``
-sets another training setting, e.g. the contrastive loss's ``neighbor_radius``
+sets another training setting, e.g. the contrastive loss's ``neighbor_radius``, and
+``--build-scene NAME=VALUE`` another setting of the training renders
 (:class:`neural_mesh.build.BuildConfig`). ``--build-preset accurate`` starts from the
 build that met the synthetic accuracy targets for the bundled chair under occlusion too, on
 our renders and another renderer's (:data:`neural_mesh.build.BUILD_PRESETS`: occluders
@@ -212,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     adv.add_argument("--build-train", action="append", metavar="NAME=VALUE",
                      help="another training setting when building a model (BuildConfig.train), e.g. "
                           "--build-train temperature=0.1")
+    adv.add_argument("--build-scene", action="append", metavar="NAME=VALUE",
+                     help="another setting of the training renders when building a model (BuildConfig.scene), "
+                          "e.g. --build-scene zoom_out_probability=0.3")
     adv.add_argument("--fit-steps", type=non_negative_int, metavar="N",
                      help=f"refinement steps after the grid search (default {FitConfig.steps}; 0: fastest, coarsest)")
     adv.add_argument("--fit-upsample", type=positive_int, metavar="N",
@@ -373,6 +377,7 @@ BUILD_FLAGS = {
     "build_room_probability": "room_probability",
     "build_finetune_room_probability": "finetune_room_probability",
     "build_train": "train",
+    "build_scene": "scene",
 }
 
 
@@ -393,11 +398,12 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
     changes = {field: getattr(args, flag) for flag, field in BUILD_FLAGS.items() if getattr(args, flag) is not None}
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     try:
-        if "train" in changes:
-            try:
-                changes["train"] = assignments(changes["train"])
-            except ValueError as error:
-                raise ValueError(f"BuildConfig.train: {error}") from None
+        for name in ("train", "scene"):
+            if name in changes:
+                try:
+                    changes[name] = assignments(changes[name])
+                except ValueError as error:
+                    raise ValueError(f"BuildConfig.{name}: {error}") from None
         config = BuildConfig.preset(args.build_preset or "default", **changes)
     except ValueError as error:
         # "BuildConfig.<field>: ..." -> the flag that set it

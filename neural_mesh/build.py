@@ -39,7 +39,8 @@ from .model import MODEL_VERSION, PoseModel, box_fraction_of
 from .neural_mesh import MESH_KINDS, ModelError, file_sha256
 from .training import LR_SCHEDULES, TrainConfig, default_workers, synthetic_data, train
 
-__all__ = ["BUILD_PRESETS", "BuildConfig", "build_model", "cache_key", "default_cache_dir", "model_cache_path"]
+__all__ = ["BUILD_PRESETS", "SCENE_FIELDS", "BuildConfig", "build_model", "cache_key", "default_cache_dir",
+           "model_cache_path"]
 
 #: environment variable overriding the cache directory
 CACHE_ENV = "MESHPOSE_CACHE"
@@ -53,6 +54,12 @@ BUILD_RECIPE = 2
 #: BuildConfig's own fields, or follow from them)
 TRAIN_FIELDS = ("weight_decay", "clutter_size", "num_background", "momentum", "temperature", "clutter_weight",
                 "regularizer_weight", "neighbor_radius", "neighbor_radius_3d", "sampling", "occluder_clutter")
+
+#: the :class:`datasets.synthetic.SyntheticConfig` settings :attr:`BuildConfig.scene` may
+#: change (the others are BuildConfig's own fields, or fixed by the build)
+SCENE_FIELDS = ("zoom_out_probability", "zoom_out_range", "background_scale_range", "focal_range",
+                "elevation_range", "mesh_color_probability", "photometric", "occluder_shape_probability",
+                "max_occluders")
 
 #: where a build's training departs from TrainConfig's (NeMo's) defaults; ``BuildConfig.train``
 #: overrides these too. Vertices count as neighbours (not negatives) only within 0.04 of the
@@ -163,13 +170,18 @@ class BuildConfig:
             exclusion radius, clutter weight, feature sampling...), e.g.
             ``{"temperature": 0.1}``; empty (default): :data:`TRAIN_DEFAULTS`, and
             TrainConfig's own for the others.
+        scene: other :class:`~datasets.synthetic.SyntheticConfig` settings of both
+            stages' renders, by name (those of :data:`SCENE_FIELDS`), e.g.
+            ``{"zoom_out_probability": 0.3}`` (some renders framed wider) or
+            ``{"background_scale_range": [0.03, 1.2]}`` (coarser backgrounds too); empty
+            (default): the engine's.
 
     The fine-tuning fields enter :meth:`to_dict` (and the cache key) only when
     ``finetune_steps > 0``, ``finetune_center_jitter``, ``finetune_lighting`` and
     ``finetune_room_probability`` only when they are set, ``center_on`` only when it
     is ``"box"``, ``lighting`` only when it is ``"full"``, ``room_probability`` only
-    when it is not 0 and ``train`` only when it is not empty, so the keys of builds
-    without them do not change.
+    when it is not 0 and ``train`` and ``scene`` only when they are not empty, so the keys
+    of builds without them do not change.
     """
 
     steps: int = 2000
@@ -195,6 +207,7 @@ class BuildConfig:
     finetune_lighting: str | None = None
     finetune_room_probability: float | None = None
     train: dict = field(default_factory=dict)
+    scene: dict = field(default_factory=dict)
 
     #: the fields of the fine-tuning stage (not part of the first stage's build)
     FINETUNE_FIELDS = ("finetune_steps", "finetune_occlusion", "finetune_lr", "finetune_center_jitter",
@@ -231,6 +244,7 @@ class BuildConfig:
         self._up_to("center_jitter", 0.5, "a number in [0, 0.5]")
         self._up_to("finetune_center_jitter", 0.5, "a number in [0, 0.5]", optional=True)
         self._check_train()
+        self._check_scene()
 
     def _check_train(self) -> None:
         """Check ``train`` names settings of :data:`TRAIN_FIELDS` with values TrainConfig
@@ -246,6 +260,23 @@ class BuildConfig:
         except (TypeError, ValueError) as error:
             raise ValueError(f"BuildConfig.train: {error}") from None
         object.__setattr__(self, "train", json.loads(json.dumps(self.train)))
+
+    def _check_scene(self) -> None:
+        """Check ``scene`` names settings of :data:`SCENE_FIELDS` with values
+        SyntheticConfig accepts; store a JSON-clean copy."""
+        from datasets.synthetic import SyntheticConfig
+
+        if not isinstance(self.scene, dict):
+            raise ValueError(f"BuildConfig.scene: expected a dict of SyntheticConfig settings, got {self.scene!r}")
+        unknown = sorted(set(self.scene) - set(SCENE_FIELDS))
+        if unknown:
+            raise ValueError(f"BuildConfig.scene: {', '.join(map(repr, unknown))} is not a setting it can change "
+                             f"(one of {', '.join(SCENE_FIELDS)})")
+        try:
+            SyntheticConfig(mesh_paths=("mesh.obj",), **self.scene)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"BuildConfig.scene: {error}") from None
+        object.__setattr__(self, "scene", json.loads(json.dumps(self.scene)))
 
     def _up_to(self, name: str, high: float, words: str, optional: bool = False) -> None:
         """Check field ``name`` is a number in ``[0, high]`` (or None when ``optional``)."""
@@ -294,8 +325,9 @@ class BuildConfig:
             del data["lighting"]
         if self.room_probability == 0:
             del data["room_probability"]
-        if not self.train:
-            del data["train"]
+        for name in ("train", "scene"):
+            if not data[name]:
+                del data[name]
         return data
 
     def first_stage(self) -> BuildConfig:
@@ -325,7 +357,8 @@ class BuildConfig:
                                        "center_on": self.center_on,
                                        "lighting": lighting,
                                        "room_probability": float(room),
-                                       "occlusion": self.finetune_occlusion if tune else self.occlusion}),
+                                       "occlusion": self.finetune_occlusion if tune else self.occlusion,
+                                       **self.scene}),
             steps=steps,
             batch_size=self.batch_size,
             lr=float(self.finetune_lr if tune else self.lr),

@@ -370,6 +370,29 @@ def test_bench_pose_passes_the_room_probabilities_to_the_build(tmp_path, capsys,
     assert stop.value.code == 2 and "room_probability" in capsys.readouterr().err
 
 
+def test_bench_pose_passes_scene_settings_to_the_build_and_the_baselines_key(tmp_path, capsys, monkeypatch):
+    bench = load_bench()
+    seen = _record_builds(bench, monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.main(["--scene", "zoom_out_probability=0.3", "--scene", "background_scale_range=[0.03, 1.2]",
+                    "--no-regression", "--cache", str(tmp_path)])
+    assert seen[0].scene == {"zoom_out_probability": 0.3, "background_scale_range": [0.03, 1.2]}
+    # the baseline trains on the same renders: another scene is another baseline (unlike --train)
+    import neural_mesh.regression as regression
+
+    for config in (bench.BuildConfig(), seen[0]):
+        entry = tmp_path / "regressors" / bench.cache_key(CHAIR, config)
+        entry.mkdir(parents=True)
+        (entry / "regressor.json").write_text("{}")
+    monkeypatch.setattr(regression, "load_regressor", lambda directory, device="cpu": directory)
+    assert bench.get_regressor(CHAIR, seen[0], tmp_path, progress=False) == entry
+    for item, words in (("zoom_out_probability", "expected NAME=VALUE"), ("distance_range=[2, 3]",
+                                                                          "not a setting it can change")):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(["--scene", item, "--no-regression", "--n", "1"])
+        assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_bench_pose_preset_sets_the_build_and_its_flags_change_it(tmp_path, capsys, monkeypatch):
     bench = load_bench()
     seen = _record_builds(bench, monkeypatch)

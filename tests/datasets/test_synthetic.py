@@ -476,6 +476,41 @@ def test_rooms_change_only_the_background():
         config(room_probability=1.5)
 
 
+def test_zoomed_out_renders_move_the_camera_back_and_keep_every_other_choice():
+    plain = SyntheticDataset(config(), seed=3, length=24)
+    zoomed = SyntheticDataset(config(zoom_out_probability=1.0, zoom_out_range=(2.0, 2.0)), seed=3, length=24)
+    for i in range(4):
+        a, b = plain.sample_params(i), zoomed.sample_params(i)
+        assert b.distance == pytest.approx(2.0 * a.distance)
+        assert (a.azimuth, a.elevation, a.theta, a.focal, a.mesh_key) == (b.azimuth, b.elevation, b.theta, b.focal,
+                                                                          b.mesh_key)
+        assert a.background == b.background and a.appearance == b.appearance
+        # the centre's offset from the image centre doubles (0.08 -> 0.16 of the side)
+        centre = (SIZE[1] - 1) / 2.0
+        assert b.principal_point[0] - centre == pytest.approx(2.0 * (a.principal_point[0] - centre))
+        side = lambda s: float(max(s["bbox"][2] - s["bbox"][0], s["bbox"][3] - s["bbox"][1]))
+        assert side(zoomed[i]) < 0.65 * side(plain[i])
+    # factors from the range, a share of the renders, the rest as without
+    some = SyntheticDataset(config(zoom_out_probability=0.5, zoom_out_range=(1.5, 3.0)), seed=3, length=24)
+    ratios = [some.sample_params(i).distance / plain.sample_params(i).distance for i in range(24)]
+    assert 5 < sum(r > 1 for r in ratios) < 19
+    assert all(r == 1.0 or 1.5 - 1e-9 <= r <= 3.0 + 1e-9 for r in ratios)
+    with pytest.raises(ValueError, match="zoom_out_range"):
+        config(zoom_out_range=(0.5, 2.0))
+    with pytest.raises(ValueError, match="zoom_out_probability"):
+        config(zoom_out_probability=1.5)
+
+
+def test_background_scale_range_sets_the_pattern_scale():
+    coarse = SyntheticDataset(config(background_scale_range=(0.8, 1.2)), seed=4, length=12)
+    scales = [coarse.sample_params(i).background.scale for i in range(12)]
+    assert all(0.8 <= s <= 1.2 for s in scales) and len(set(scales)) > 1
+    default = SyntheticDataset(config(), seed=4, length=12)
+    assert all(0.03 <= default.sample_params(i).background.scale <= 0.4 for i in range(12))
+    with pytest.raises(ValueError, match="background_scale_range"):
+        config(background_scale_range=(0.0, 0.5))
+
+
 def test_full_lighting_changes_only_the_shading():
     # the same scenes (poses, masks, occluders), shaded with highlights, shadows and gamma
     plain = SyntheticDataset(config(occlusion=1), seed=2, length=6)

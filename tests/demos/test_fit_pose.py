@@ -345,16 +345,23 @@ def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path)
         fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path),
                  "--build-train", "neighbor_radius=0.04", "--build-train", "occluder_clutter=true"])
     assert seen[2].train == {"neighbor_radius": 0.04, "occluder_clutter": True}
+    with pytest.raises(SystemExit):
+        fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path),
+                 "--build-scene", "zoom_out_probability=0.25"])
+    assert seen[-1].scene == {"zoom_out_probability": 0.25}
     capsys.readouterr()
     with pytest.raises(SystemExit):  # a preset, its fine-tuning flags changed without --build-finetune-steps
         fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-preset", "accurate",
                  "--build-finetune-occlusion", "0.1", "0.6"])
-    assert seen[3] == BuildConfig.preset("accurate", finetune_occlusion=(0.1, 0.6))
+    assert seen[-1] == BuildConfig.preset("accurate", finetune_occlusion=(0.1, 0.6))
     assert "24000 + 4000 fine-tuning training steps" in capsys.readouterr().err
     capsys.readouterr()
     for item in ("temperature=0", "lr=1", "temperature"):
         code = fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-train", item])
         assert code == 2 and capsys.readouterr().err.startswith("fit_pose: error: --build-train: ")
+    for item in ("zoom_out_probability=2", "distance_range=[2, 3]", "photometric"):
+        code = fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-scene", item])
+        assert code == 2 and capsys.readouterr().err.startswith("fit_pose: error: --build-scene: ")
 
 
 @pytest.mark.slow

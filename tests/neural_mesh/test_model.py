@@ -449,6 +449,37 @@ def test_build_presets_set_their_fields_and_take_changes():
         BuildConfig.preset("accurate", steps=0)
 
 
+def test_build_config_scene_settings_reach_both_stages_renders_and_the_key():
+    config = BuildConfig(scene={"zoom_out_probability": 0.3, "background_scale_range": (0.03, 1.2)}, finetune_steps=3,
+                         finetune_room_probability=0.5)
+    for stage in (config, config.first_stage()):
+        data = stage.train_config(CHAIR).data["config"]
+        assert data["zoom_out_probability"] == 0.3 and data["background_scale_range"] == [0.03, 1.2]
+        assert data["distance_range"] == [3.4, 5.0]  # the build's own scene settings stay
+    assert config.to_dict()["scene"] == {"zoom_out_probability": 0.3, "background_scale_range": [0.03, 1.2]}
+    assert "scene" not in BuildConfig().to_dict()
+    assert cache_key(CHAIR, BuildConfig(scene={"zoom_out_probability": 0.3})) != cache_key(CHAIR, BuildConfig())
+    assert BuildConfig(**json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="'distance_range' is not a setting it can change"):
+        BuildConfig(scene={"distance_range": (2, 3)})  # BuildConfig's own field
+    with pytest.raises(ValueError, match="BuildConfig.scene: SyntheticConfig.zoom_out_range"):
+        BuildConfig(scene={"zoom_out_range": (0.5, 2)})
+    with pytest.raises(ValueError, match="BuildConfig.scene: expected a dict"):
+        BuildConfig(scene=[("photometric", False)])
+
+
+def test_every_scene_setting_is_a_synthetic_config_field_the_build_does_not_set():
+    import dataclasses
+
+    from datasets.synthetic import SyntheticConfig
+    from neural_mesh.build import SCENE_FIELDS
+
+    names = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    assert set(SCENE_FIELDS) <= names
+    assert not set(SCENE_FIELDS) & {"image_size", "mesh_paths", "categories", "distance_range", "center_jitter",
+                                    "center_on", "lighting", "room_probability", "occlusion", "vertex_projections"}
+
+
 def test_every_train_setting_is_set_by_the_build_or_open_to_its_train_field():
     """A new TrainConfig field must be either a BuildConfig field's or one of TRAIN_FIELDS."""
     import dataclasses
