@@ -158,7 +158,8 @@ def _range(name: str, value, lo: float | None = None, hi: float | None = None) -
     if not (math.isfinite(a) and math.isfinite(b) and a <= b):
         raise ValueError(f"SyntheticConfig.{name}: expected finite low <= high, got {value!r}")
     if lo is not None and a < lo or hi is not None and b > hi:
-        raise ValueError(f"SyntheticConfig.{name}: expected values in [{lo}, {hi}], got {value!r}")
+        bounds = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"SyntheticConfig.{name}: expected values {bounds}, got {value!r}")
     return a, b
 
 
@@ -311,10 +312,7 @@ class SyntheticConfig:
             put("occlusion", int(occ))
         else:
             put("occlusion", _range("occlusion", occ, 0.0, 1.0))
-        zoom = _range("zoom_out_range", self.zoom_out_range)
-        if zoom[0] < 1.0:
-            raise ValueError(f"SyntheticConfig.zoom_out_range: expected factors >= 1, got {zoom}")
-        put("zoom_out_range", zoom)
+        put("zoom_out_range", _range("zoom_out_range", self.zoom_out_range, 1.0))
         scales = _range("background_scale_range", self.background_scale_range)
         if scales[0] <= 0.0:
             raise ValueError(f"SyntheticConfig.background_scale_range: expected scales > 0, got {scales}")

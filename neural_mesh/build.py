@@ -248,35 +248,33 @@ class BuildConfig:
 
     def _check_train(self) -> None:
         """Check ``train`` names settings of :data:`TRAIN_FIELDS` with values TrainConfig
-        accepts; store a JSON-clean copy (lists as lists, as they come back from JSON)."""
-        if not isinstance(self.train, dict):
-            raise ValueError(f"BuildConfig.train: expected a dict of TrainConfig settings, got {self.train!r}")
-        unknown = sorted(set(self.train) - set(TRAIN_FIELDS))
-        if unknown:
-            raise ValueError(f"BuildConfig.train: {', '.join(map(repr, unknown))} is not a setting it can change "
-                             f"(one of {', '.join(TRAIN_FIELDS)})")
-        try:
-            TrainConfig(**self.train)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"BuildConfig.train: {error}") from None
-        object.__setattr__(self, "train", json.loads(json.dumps(self.train)))
+        accepts."""
+        self._check_settings("train", TRAIN_FIELDS, "TrainConfig", TrainConfig)
 
     def _check_scene(self) -> None:
         """Check ``scene`` names settings of :data:`SCENE_FIELDS` with values
-        SyntheticConfig accepts; store a JSON-clean copy."""
+        SyntheticConfig accepts."""
         from datasets.synthetic import SyntheticConfig
 
-        if not isinstance(self.scene, dict):
-            raise ValueError(f"BuildConfig.scene: expected a dict of SyntheticConfig settings, got {self.scene!r}")
-        unknown = sorted(set(self.scene) - set(SCENE_FIELDS))
+        self._check_settings("scene", SCENE_FIELDS, "SyntheticConfig",
+                             lambda **settings: SyntheticConfig(mesh_paths=("mesh.obj",), **settings))
+
+    def _check_settings(self, name: str, fields: tuple[str, ...], owner: str, make) -> None:
+        """Check field ``name`` is a dict of the settings ``fields`` of config class
+        ``owner`` that ``make(**settings)`` accepts; store a JSON-clean copy (lists as
+        lists, as they come back from JSON)."""
+        settings = getattr(self, name)
+        if not isinstance(settings, dict):
+            raise ValueError(f"BuildConfig.{name}: expected a dict of {owner} settings, got {settings!r}")
+        unknown = sorted(set(settings) - set(fields))
         if unknown:
-            raise ValueError(f"BuildConfig.scene: {', '.join(map(repr, unknown))} is not a setting it can change "
-                             f"(one of {', '.join(SCENE_FIELDS)})")
+            raise ValueError(f"BuildConfig.{name}: {', '.join(map(repr, unknown))} is not a setting it can change "
+                             f"(one of {', '.join(fields)})")
         try:
-            SyntheticConfig(mesh_paths=("mesh.obj",), **self.scene)
+            make(**settings)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"BuildConfig.scene: {error}") from None
-        object.__setattr__(self, "scene", json.loads(json.dumps(self.scene)))
+            raise ValueError(f"BuildConfig.{name}: {error}") from None
+        object.__setattr__(self, name, json.loads(json.dumps(settings)))
 
     def _up_to(self, name: str, high: float, words: str, optional: bool = False) -> None:
         """Check field ``name`` is a number in ``[0, high]`` (or None when ``optional``)."""

@@ -378,19 +378,10 @@ def test_bench_pose_passes_scene_settings_to_the_build_and_the_baselines_key(tmp
                     "--no-regression", "--cache", str(tmp_path)])
     assert seen[0].scene == {"zoom_out_probability": 0.3, "background_scale_range": [0.03, 1.2]}
     # the baseline trains on the same renders: another scene is another baseline (unlike --train)
-    import neural_mesh.regression as regression
-
-    for config in (bench.BuildConfig(), seen[0]):
-        entry = tmp_path / "regressors" / bench.cache_key(CHAIR, config)
-        entry.mkdir(parents=True)
-        (entry / "regressor.json").write_text("{}")
-    monkeypatch.setattr(regression, "load_regressor", lambda directory, device="cpu": directory)
+    _, entry = _cached_regressors(bench, tmp_path, monkeypatch, bench.BuildConfig(), seen[0])
     assert bench.get_regressor(CHAIR, seen[0], tmp_path, progress=False) == entry
-    for item, words in (("zoom_out_probability", "expected NAME=VALUE"), ("distance_range=[2, 3]",
-                                                                          "not a setting it can change")):
-        with pytest.raises(SystemExit) as stop:
-            bench.main(["--scene", item, "--no-regression", "--n", "1"])
-        assert stop.value.code == 2 and words in capsys.readouterr().err
+    _assert_bad_assignments(bench, capsys, "--scene", (("zoom_out_probability", "expected NAME=VALUE"),
+                                                       ("distance_range=[2, 3]", "not a setting it can change")))
 
 
 def test_bench_pose_preset_sets_the_build_and_its_flags_change_it(tmp_path, capsys, monkeypatch):
@@ -419,16 +410,32 @@ def test_bench_pose_passes_train_settings_to_the_build_but_not_to_the_baselines_
         bench.main(["--seed", "1", "--no-regression", "--cache", str(tmp_path)])
     assert seen[1].seed == 1 and seen[1].train == {}
     # the baseline does not use NeMo's loss: builds differing only there share its cache entry
+    (shared,) = _cached_regressors(bench, tmp_path, monkeypatch, bench.BuildConfig())
+    assert bench.get_regressor(CHAIR, seen[0], tmp_path, progress=False) == shared
+    _assert_bad_assignments(bench, capsys, "--train", (("neighbor_radius", "expected NAME=VALUE"),
+                                                       ("steps=3", "not a setting it can change")))
+
+
+def _cached_regressors(bench, cache: Path, monkeypatch, *builds) -> list[Path]:
+    """Fake cached regression baselines of ``builds`` (their cache entries, returned), and
+    ``load_regressor`` patched to return the entry it is asked to load."""
     import neural_mesh.regression as regression
 
-    shared = tmp_path / "regressors" / bench.cache_key(CHAIR, bench.BuildConfig())
-    shared.mkdir(parents=True)
-    (shared / "regressor.json").write_text("{}")
+    entries = []
+    for build in builds:
+        entry = cache / "regressors" / bench.cache_key(CHAIR, build)
+        entry.mkdir(parents=True)
+        (entry / "regressor.json").write_text("{}")
+        entries.append(entry)
     monkeypatch.setattr(regression, "load_regressor", lambda directory, device="cpu": directory)
-    assert bench.get_regressor(CHAIR, seen[0], tmp_path, progress=False) == shared
-    for item, words in (("neighbor_radius", "expected NAME=VALUE"), ("steps=3", "not a setting it can change")):
+    return entries
+
+
+def _assert_bad_assignments(bench, capsys, flag: str, cases) -> None:
+    """Each ``(item, words)``: ``flag item`` is a usage error (exit 2) whose message has ``words``."""
+    for item, words in cases:
         with pytest.raises(SystemExit) as stop:
-            bench.main(["--train", item, "--no-regression", "--n", "1"])
+            bench.main([flag, item, "--no-regression", "--n", "1"])
         assert stop.value.code == 2 and words in capsys.readouterr().err
 
 
