@@ -452,9 +452,12 @@ def build_model(
     if base is not None:
         box_fraction = base.box_fraction  # the scenes (sizes, distances) did not change
     else:
-        # the object's typical box in the training renders sets the crop scale of photos
+        # the object's typical box in the training renders sets the crop scale of photos;
+        # zoomed-out renders (scene zoom_out_probability) teach finding small objects, and
+        # fits crop the object to the size of the others (docs/pose_results.md, "Photos
+        # framed wider than the training renders")
         syn = SyntheticConfig.from_dict(train_config.data["config"])
-        syn = dataclasses.replace(syn, vertex_projections=False)
+        syn = dataclasses.replace(syn, vertex_projections=False, zoom_out_probability=0.0)
         probe = SyntheticDataset(syn, seed=config.seed + 1, length=48)
         box_fraction = box_fraction_of([probe[i] for i in range(len(probe))])
 

@@ -373,6 +373,17 @@ def test_build_model_caches_by_content_and_config(tmp_path, monkeypatch):
     assert cache_key(mesh, TINY) != before
 
 
+def test_zoomed_out_training_renders_keep_the_crop_scale_of_the_others(tmp_path):
+    import dataclasses
+
+    plain = build_model(CHAIR, TINY, cache_dir=tmp_path, progress=False)
+    zoomed = build_model(CHAIR, dataclasses.replace(TINY, scene={"zoom_out_probability": 0.9}), cache_dir=tmp_path,
+                         progress=False)
+    # the same scenes but for the zoom: the crop scale is that of the unzoomed renders
+    assert zoomed.box_fraction == plain.box_fraction
+    assert zoomed.meta["build_config"]["scene"] == {"zoom_out_probability": 0.9}
+
+
 def test_build_config_validation_and_bad_mesh(tmp_path):
     with pytest.raises(ValueError, match="BuildConfig.steps"):
         BuildConfig(steps=0)
