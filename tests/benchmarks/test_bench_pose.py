@@ -274,7 +274,8 @@ def test_bench_pose_on_ray_cast_images(tmp_path, capsys, monkeypatch):
     table = capsys.readouterr().out
     assert "ray-cast images (another renderer; shadows, noise off)" in table
     assert "? training steps" in table  # a model with no recorded training
-    assert seen and seen[0][0][-2:] == ("raycast", ["shadows", "noise"]) and seen[0][1] == {"seed": 7, "zoom_out": 1.0}
+    assert seen and seen[0][0][-2:] == ("raycast", ["shadows", "noise"])
+    assert seen[0][1] == {"seed": 7, "zoom_out": 1.0}
     result = json.loads(out.read_text())
     assert result["renderer"] == "raycast" and result["raycast_off"] == ["shadows", "noise"]
     assert result["test_seed"] == 7
