@@ -25,7 +25,7 @@ mesh file's content and the build settings, so later runs start at once.
 sets another training setting, e.g. the contrastive loss's ``neighbor_radius``, and
 ``--build-scene NAME=VALUE`` another setting of the training renders
 (:class:`neural_mesh.build.BuildConfig`). ``--build-preset accurate`` starts from the
-build that met the synthetic accuracy targets for the bundled chair under occlusion too, on
+build that meets the synthetic accuracy targets for the bundled chair under occlusion too, on
 our renders and another renderer's (:data:`neural_mesh.build.BUILD_PRESETS`: occluders
 hiding 20-70% of the object in 24,000 steps of training renders, then 4,000 fine-tuning
 steps on up to half of it with a 3D floor and wall behind half of the renders; 1.5 to 3
