@@ -178,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
                      help="model cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
     adv.add_argument("--build-preset", choices=list(BUILD_PRESETS),
                      help="a named build (neural_mesh.build.BUILD_PRESETS) the other --build-* flags change: "
-                          "'default' (about 7 minutes on 2 CPU cores) or 'accurate' (the build that met the "
+                          "'default' (about 7 minutes on 2 CPU cores) or 'accurate' (the build that meets the "
                           "accuracy targets under occlusion too; 1.5 to 3 hours once)")
     adv.add_argument("--build-steps", type=positive_int, metavar="N",
                      help=f"training steps when building a model (default {BuildConfig.steps})")
@@ -418,8 +418,8 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
         tune = f" + {config.finetune_steps} fine-tuning" if config.finetune_steps else ""
         took = "1.5 to 3 hours" if args.build_preset == "accurate" else "about 7 minutes"
         log(f"{PROG}: building a pose model for {mesh_path} ({config.steps}{tune} training steps on "
-            f"{config.image_size} x {config.image_size} renders; {took} on 2 CPU cores with the "
-            f"{args.build_preset or 'default'} preset, once); it will be cached in {target}")
+            f"{config.image_size} x {config.image_size} renders; {took} on 2 CPU cores for the "
+            f"{args.build_preset or 'default'} preset's settings, once); it will be cached in {target}")
     return build_model(mesh_path, config, cache_dir=cache, progress=True)
 
 
