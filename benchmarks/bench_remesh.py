@@ -44,9 +44,10 @@ def surface_stats(mesh: Mesh, num_verts: int, normal_weight: float, samples: int
     out = remesh_surface(mesh, num_verts, normal_weight=normal_weight)
     seconds = time.perf_counter() - t0
     points, _ = trimesh.sample.sample_surface(welded, samples, seed=0)
-    _, gap, _ = trimesh.proximity.closest_point(out.to_trimesh(), points)
+    remeshed = out.to_trimesh()
+    _, gap, _ = trimesh.proximity.closest_point(remeshed, points)
     spacing = math.sqrt(2.0 * welded.area / (math.sqrt(3.0) * num_verts))
-    lengths = out.to_trimesh().edges_unique_length
+    lengths = remeshed.edges_unique_length
     return {
         "closed_in": is_closed_outward(torch.from_numpy(welded.vertices), torch.from_numpy(welded.faces)),
         "closed_out": is_closed_outward(out.verts, out.faces),

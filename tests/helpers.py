@@ -20,10 +20,12 @@ def load_script(relative: str):
     """A script of the repository that is not a package module (``benchmarks/*.py``,
     ``demos/*.py``), imported as a module by its path from the repository root."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / relative
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module

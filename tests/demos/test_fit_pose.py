@@ -8,7 +8,6 @@ keeps the fits short.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -36,6 +35,7 @@ from render import (
     rasterize,
     save_mesh,
 )
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIR = ROOT / "demos" / "data" / "chair.obj"
@@ -46,11 +46,7 @@ FAST = ["--fit-steps", "0"]
 
 
 def _import(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", ROOT / "demos" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"demos/{name}.py")
 
 
 @pytest.fixture(scope="module", autouse=True)

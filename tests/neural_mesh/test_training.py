@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -46,7 +45,7 @@ from neural_mesh.training import (
     vertex_feature_sums,
 )
 from render import intrinsics, project_points
-from tests.helpers import assert_close
+from tests.helpers import assert_close, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIR = ROOT / "demos" / "data" / "chair.obj"
@@ -617,10 +616,7 @@ def run_cli(*args):
 @pytest.fixture(scope="module")
 def cli():
     """The demo's ``main`` imported in-process (fast error-path tests)."""
-    spec = importlib.util.spec_from_file_location("train_nemo_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("demos/train_nemo.py").main
 
 
 def test_cli_smoke_two_steps(tmp_path):
