@@ -50,7 +50,7 @@ much the features depend on where the crop puts the object.
         [--finetune-lighting full] [--finetune-room-probability P]] [--lighting full] [--room-probability P]
         [--n 40] [--levels 0 1 2 3] [--batch 8] [--model DIR] [--cache DIR] [--loss nemo]
         [--polish 1] [--fit NAME=VALUE ...] [--box [--box-shift PX]] [--renderer raycast [--raycast-off EFFECT ...]]
-        [--crop-shifts PX ...] [--test-seed S] [--zoom-out F] [--preset accurate]
+        [--crop-shifts PX ...] [--test-seed S] [--zoom-out F] [--preset accurate|wide]
         [--device cuda] [--json FILE]
 
 Models are built (or loaded) through the cache of :mod:`neural_mesh.build` (the regressor
@@ -365,7 +365,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset", choices=list(BUILD_PRESETS), default="default",
                    help="a named build (neural_mesh.build.BUILD_PRESETS) whose settings the other build flags "
                         "change: 'accurate' is --steps 24000 --occlusion 0.2 0.7 --finetune-steps 4000 "
-                        "--finetune-occlusion 0 0.5 --finetune-lr 3e-5 --finetune-room-probability 0.5")
+                        "--finetune-occlusion 0 0.5 --finetune-lr 3e-5 --finetune-room-probability 0.5; "
+                        "'wide' is --steps 4000 --scene zoom_out_probability=0.3 "
+                        "--scene background_scale_range=[0.03,1.2] (further --scene settings add to these)")
     p.add_argument("--steps", type=int, default=BuildConfig.steps, help="training steps of both methods")
     p.add_argument("--occlusion", type=float, nargs=2, metavar=("LOW", "HIGH"), default=BuildConfig.occlusion,
                    help="hidden fraction of the object under occluders in the training renders "
@@ -465,7 +467,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results here (with the per-image errors and every fitting "
                                   "setting, 'fit_config', not only those changed by --fit)")
     preset, _ = p.parse_known_args(argv)  # the preset's settings become the build flags' defaults
-    p.set_defaults(**BUILD_PRESETS[preset.preset])
+    # (its train and scene settings: BuildConfig.preset adds --train and --scene to them)
+    p.set_defaults(**{k: v for k, v in BUILD_PRESETS[preset.preset].items() if k not in ("train", "scene")})
     args = p.parse_args(argv)
 
     try:
@@ -498,15 +501,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     mesh = Path(args.mesh).resolve()
     try:
-        build = BuildConfig(steps=args.steps, occlusion=tuple(args.occlusion), center_jitter=args.center_jitter,
-                            center_on=args.center_on, finetune_steps=args.finetune_steps,
-                            finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
-                            finetune_center_jitter=args.finetune_center_jitter, lighting=args.lighting,
-                            finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
-                            finetune_room_probability=args.finetune_room_probability, backbone=args.backbone,
-                            image_size=args.image_size, output_stride=args.output_stride,
-                            mesh_kind=args.mesh_kind, num_verts=args.num_verts, train=train, scene=scene,
-                            seed=args.seed)
+        build = BuildConfig.preset(
+            args.preset, steps=args.steps, occlusion=tuple(args.occlusion), center_jitter=args.center_jitter,
+            center_on=args.center_on, finetune_steps=args.finetune_steps,
+            finetune_occlusion=tuple(args.finetune_occlusion), finetune_lr=args.finetune_lr,
+            finetune_center_jitter=args.finetune_center_jitter, lighting=args.lighting,
+            finetune_lighting=args.finetune_lighting, room_probability=args.room_probability,
+            finetune_room_probability=args.finetune_room_probability, backbone=args.backbone,
+            image_size=args.image_size, output_stride=args.output_stride, mesh_kind=args.mesh_kind,
+            num_verts=args.num_verts, train=train, scene=scene, seed=args.seed)
     except ValueError as error:
         p.error(str(error))
     cache = Path(args.cache) if args.cache else default_cache_dir()

@@ -29,8 +29,10 @@ build that meets the synthetic accuracy targets for the bundled chair under occl
 our renders and another renderer's (:data:`neural_mesh.build.BUILD_PRESETS`: occluders
 hiding 20-70% of the object in 24,000 steps of training renders, then 4,000 fine-tuning
 steps on up to half of it with a 3D floor and wall behind half of the renders; 1.5 to 3
-hours on 2 CPU cores, once); the other ``--build-*`` flags change it. See the README's
-status section for its accuracy, and for other meshes.
+hours on 2 CPU cores, once); ``--build-preset wide`` the build that finds objects spanning
+only a third of the photo without a box (some of its renders framed wider; about 15
+minutes); the other ``--build-*`` flags change either. See the README's status section for
+their accuracy, and for other meshes.
 
 **The camera.** ``--K FX FY CX CY`` gives the intrinsics in pixels (OpenCV convention,
 pixel centres at integer coordinates); ``--focal F`` sets ``fx = fy = F`` with the
@@ -41,8 +43,9 @@ the fitted distance. The same intrinsics and the same ``--bbox`` (the object's b
 pixels, ``x0 y0 x1 y1``) apply to every IMAGE, so give ``--bbox`` with one image (or with
 photos that share a framing). Give it when the object spans less than about half of the
 photo: without a box the fit must find the object itself, which fails more often the
-smaller the object is (:data:`neural_mesh.model.SMALL_IN_PHOTO`); a warning on stderr names
-the images whose fitted object looks that small. Images are fitted in batches of ``FIT_BATCH`` (8), with a
+smaller the object is (:attr:`neural_mesh.PoseModel.small_share`), unless the model was
+built with ``--build-preset wide``; a warning on stderr names the images whose fitted
+object looks that small. Images are fitted in batches of ``FIT_BATCH`` (8), with a
 progress bar on stderr when there is more than one batch; each batch's lines and files
 are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
 what it finished, and with ``--out DIR --resume`` a rerun goes on from there (below).
@@ -110,7 +113,7 @@ from datasets.synthetic import LIGHTINGS
 from neural_mesh.build import BUILD_PRESETS, BuildConfig, build_model, default_cache_dir, model_cache_path
 from neural_mesh.fitting import FitConfig, PoseResult
 from neural_mesh.metrics import rotation_error
-from neural_mesh.model import SMALL_IN_PHOTO, PoseModel
+from neural_mesh.model import PoseModel
 from neural_mesh.neural_mesh import file_sha256
 from neural_mesh.overlay import overlay
 from render import Mesh, default_intrinsics, intrinsics, load_mesh
@@ -178,8 +181,9 @@ def parser() -> argparse.ArgumentParser:
                      help="model cache root (default $MESHPOSE_CACHE or ~/.cache/meshpose)")
     adv.add_argument("--build-preset", choices=list(BUILD_PRESETS),
                      help="a named build (neural_mesh.build.BUILD_PRESETS) the other --build-* flags change: "
-                          "'default' (about 7 minutes on 2 CPU cores) or 'accurate' (the build that meets the "
-                          "accuracy targets under occlusion too; 1.5 to 3 hours once)")
+                          "'default' (about 7 minutes on 2 CPU cores), 'accurate' (the build that meets the "
+                          "accuracy targets under occlusion too; 1.5 to 3 hours once) or 'wide' (finds objects "
+                          "spanning a third of the photo without --bbox; about 15 minutes)")
     adv.add_argument("--build-steps", type=positive_int, metavar="N",
                      help=f"training steps when building a model (default {BuildConfig.steps})")
     adv.add_argument("--build-size", type=_build_size, metavar="S",
@@ -363,6 +367,9 @@ def gather(args: argparse.Namespace) -> Job:
     return Job(paths, images, Ks, bbox, mesh_path, mesh, out, example)
 
 
+#: how long each build preset takes on 2 CPU cores (neural_mesh.build.BUILD_PRESETS)
+BUILD_TIMES = {"default": "about 7 minutes", "accurate": "1.5 to 3 hours", "wide": "about 15 minutes"}
+
 #: The build flags (argparse names) and the BuildConfig fields they set.
 BUILD_FLAGS = {
     "build_steps": "steps",
@@ -416,7 +423,7 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
         log(f"{PROG}: using the cached pose model {target}")
     else:
         tune = f" + {config.finetune_steps} fine-tuning" if config.finetune_steps else ""
-        took = "1.5 to 3 hours" if args.build_preset == "accurate" else "about 7 minutes"
+        took = BUILD_TIMES.get(args.build_preset or "default", "about 7 minutes")
         log(f"{PROG}: building a pose model for {mesh_path} ({config.steps}{tune} training steps on "
             f"{config.image_size} x {config.image_size} renders; {took} on 2 CPU cores for the "
             f"{args.build_preset or 'default'} preset's settings, once); it will be cached in {target}")
@@ -607,10 +614,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for r, i in zip(results, batch):
                     if model.small_in_photo(r, job.images[i].shape[-2:], job.Ks[i]):
                         frac = model.photo_fraction(r.R, r.t, job.Ks[i], job.images[i].shape[-2:])
+                        wider = "" if model.trained_wide else " (or build with --build-preset wide)"
                         tqdm.write(f"{PROG}: warning: {labels[i]}: the fitted object spans only {frac:.0%} of the "
-                                   f"photo; without --bbox, fits of objects under about "
-                                   f"{SMALL_IN_PHOTO * model.box_fraction:.0%} of it are often wrong: give "
-                                   "--bbox X0 Y0 X1 Y1 around it", file=sys.stderr)
+                                   f"photo; without --bbox, fits of objects under about {model.small_share:.0%} "
+                                   f"of it are often wrong: give --bbox X0 Y0 X1 Y1 around it{wider}",
+                                   file=sys.stderr)
             for record in done:
                 tqdm.write(json.dumps(record) if args.json else describe(record), file=sys.stdout)
             sys.stdout.flush()

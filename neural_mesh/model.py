@@ -43,8 +43,9 @@ often wrong; given a box around it, the same model fits it as well as in trainin
 (:data:`SMALL_IN_PHOTO`). Neither the feature margins nor the fit's score picked the right
 crop among a pyramid of candidate crops in scratch trials: the clutter model, trained on
 one framing, does not tell enlarged background from the object. So give a box
-(``fit_pose.py --bbox``) when the object is small in the photo;
-:meth:`PoseModel.small_in_photo` flags such fits.
+(``fit_pose.py --bbox``) when the object is small in the photo, or build the model with
+some training renders framed wider (the ``"wide"`` build preset, which finds objects at
+half the training framing); :meth:`PoseModel.small_in_photo` flags such fits.
 
 Last (:attr:`FitConfig.crop_ensemble`, 4 by default), the pose is refined again from itself
 on four crops moved diagonally by half a feature cell (:attr:`FitConfig.crop_shift`, 4
@@ -99,6 +100,13 @@ __all__ = ["PoseModel", "MODEL_FILE", "BACKBONE_FILE", "MESH_DIR", "crop_intrins
 #: a box fell from 92.5% (F 1) to 61% (F 1.5) and 26% (F 2), and was 96% at F 2 given
 #: the true box (docs/pose_results.md, "Photos framed wider than the training renders").
 SMALL_IN_PHOTO = 0.55
+
+#: :data:`SMALL_IN_PHOTO` of models whose training renders included wider framings
+#: (``BuildConfig.scene["zoom_out_probability"] > 0``, e.g. the ``"wide"`` build preset).
+#: Its ``"wide"`` build of the bundled chair found the object without a box in 87.5% of
+#: 80 renders framed twice as wide (0.4 of the training framing) and 66.2% at three times
+#: (0.27), within 30 deg (docs/pose_results.md, "Training renders framed wider: the wide preset").
+SMALL_IN_PHOTO_WIDE = 0.3
 
 MODEL_FORMAT = "meshpose_pose_model"
 MODEL_VERSION = 1
@@ -391,11 +399,24 @@ class PoseModel:
         x0, y0, x1, y1 = self.projected_box(R, t, K)
         return max(x1 - x0, y1 - y0) / max(int(size[0]), int(size[1]))
 
+    @property
+    def trained_wide(self) -> bool:
+        """Whether the build's training renders included wider framings (its
+        ``scene["zoom_out_probability"] > 0``, e.g. the ``"wide"`` build preset)."""
+        scene = self.meta.get("build_config", {}).get("scene", {})
+        return float(scene.get("zoom_out_probability", 0.0)) > 0.0
+
+    @property
+    def small_share(self) -> float:
+        """The object's share of a photo (:meth:`photo_fraction`) under which fits without
+        a box are often wrong: :data:`SMALL_IN_PHOTO` (or :data:`SMALL_IN_PHOTO_WIDE` for
+        a model :attr:`trained_wide`) of the training framing, :attr:`box_fraction`."""
+        return (SMALL_IN_PHOTO_WIDE if self.trained_wide else SMALL_IN_PHOTO) * self.box_fraction
+
     def small_in_photo(self, result: PoseResult, size: Sequence[int], K: torch.Tensor) -> bool:
-        """Whether a fit found the object spanning less than :data:`SMALL_IN_PHOTO` of the
-        training framing (:meth:`photo_fraction` < ``SMALL_IN_PHOTO * box_fraction``):
+        """Whether a fit found the object spanning less of the photo than :attr:`small_share`:
         without a box such fits are often wrong (module docstring), so give one."""
-        return self.photo_fraction(result.R, result.t, K, size) < SMALL_IN_PHOTO * self.box_fraction
+        return self.photo_fraction(result.R, result.t, K, size) < self.small_share
 
     def _needs_recrop(self, result: PoseResult, image: torch.Tensor, K: torch.Tensor) -> bool:
         H, W = image.shape[-2:]

@@ -395,6 +395,10 @@ def test_bench_pose_preset_sets_the_build_and_its_flags_change_it(tmp_path, caps
         bench.main(["--preset", "accurate", "--steps", "7", "--finetune-occlusion", "0.1", "0.6", "--no-regression",
                     "--cache", str(tmp_path)])
     assert seen[1] == bench.BuildConfig.preset("accurate", steps=7, finetune_occlusion=(0.1, 0.6))
+    with pytest.raises(SystemExit):  # a preset's scene settings, with one more from --scene
+        bench.main(["--preset", "wide", "--scene", "max_occluders=2", "--no-regression", "--cache", str(tmp_path)])
+    assert seen[2] == bench.BuildConfig.preset("wide", scene={"max_occluders": 2})
+    assert seen[2].steps == 4000 and seen[2].scene["zoom_out_probability"] > 0
     with pytest.raises(SystemExit) as stop:
         bench.main(["--preset", "fast", "--no-regression"])
     assert stop.value.code == 2 and "--preset" in capsys.readouterr().err

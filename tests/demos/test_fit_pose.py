@@ -201,10 +201,16 @@ def test_an_object_small_in_the_photo_without_bbox_is_a_warning(fp, capsys, phot
     assert len(out.splitlines()) == 1 and json.loads(out)  # stdout stays one JSON line
     warning = [line for line in err.splitlines() if "warning" in line]
     assert len(warning) == 1 and str(photos[0]) in warning[0] and "--bbox" in warning[0]
+    assert "--build-preset wide" in warning[0]  # the model was not built for wide framings
     assert len(asked) == 1
+    monkeypatch.setattr(PoseModel, "trained_wide", True)
+    code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--json", *FAST)
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert code == 0 and len(warning) == 1 and "--build-preset" not in warning[0]
+    asked.clear()
     code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--bbox", "10", "10", "60",
                          "60", *FAST)
-    assert code == 0 and "warning" not in err and len(asked) == 1  # a given box: no question
+    assert code == 0 and "warning" not in err and not asked  # a given box: no question
 
 
 def test_many_images_are_fitted_in_batches_with_progress_and_streamed(fp, capsys, shifted, model_dir, tmp_path,
@@ -351,6 +357,11 @@ def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path)
                  "--build-finetune-occlusion", "0.1", "0.6"])
     assert seen[-1] == BuildConfig.preset("accurate", finetune_occlusion=(0.1, 0.6))
     assert "24000 + 4000 fine-tuning training steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --build-scene adds to the preset's scene
+        fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-preset", "wide",
+                 "--build-scene", "max_occluders=2"])
+    assert seen[-1] == BuildConfig.preset("wide", scene={"max_occluders": 2})
+    assert "about 15 minutes" in capsys.readouterr().err
     capsys.readouterr()
     for item in ("temperature=0", "lr=1", "temperature"):
         code = fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-train", item])

@@ -176,7 +176,7 @@ def test_fit_returns_poses_in_photo_pixels(tiny_model):
 
 def test_small_in_photo_compares_the_objects_share_of_the_photo_with_the_training_framing(tiny_model):
     from neural_mesh.fitting import PoseResult
-    from neural_mesh.model import SMALL_IN_PHOTO
+    from neural_mesh.model import SMALL_IN_PHOTO, SMALL_IN_PHOTO_WIDE
 
     K = intrinsics(150.0, 150.0, 99.5, 79.5)
     R, t = angles_to_pose(torch.tensor(0.9), torch.tensor(0.3), torch.tensor(0.0), torch.tensor(4.0))
@@ -195,6 +195,13 @@ def test_small_in_photo_compares_the_objects_share_of_the_photo_with_the_trainin
     edge = 4.0 * near / threshold
     assert not tiny_model.small_in_photo(result(0.95 * edge), (160, 200), K)
     assert tiny_model.small_in_photo(result(1.05 * edge), (160, 200), K)
+    # a model whose renders included wider framings finds smaller objects: a lower threshold
+    assert not tiny_model.trained_wide and tiny_model.small_share == pytest.approx(threshold)
+    wide = replace(tiny_model, meta={"build_config": BuildConfig.preset("wide").to_dict()})
+    assert wide.trained_wide and wide.small_share == pytest.approx(SMALL_IN_PHOTO_WIDE * wide.box_fraction)
+    assert SMALL_IN_PHOTO_WIDE < SMALL_IN_PHOTO
+    assert not wide.small_in_photo(result(1.05 * edge), (160, 200), K)
+    assert wide.small_in_photo(result(1.05 * edge * SMALL_IN_PHOTO / SMALL_IN_PHOTO_WIDE), (160, 200), K)
 
 
 def test_recrop_keeps_the_second_fit_when_it_scores_higher(tiny_model, monkeypatch):
@@ -454,6 +461,14 @@ def test_build_presets_set_their_fields_and_take_changes():
     assert (changed.seed, changed.steps, changed.finetune_steps) == (1, 100, 4000)
     for name, fields in BUILD_PRESETS.items():  # every preset is a valid config of BuildConfig's fields
         assert BuildConfig.preset(name).to_dict() == {**BuildConfig().to_dict(), **BuildConfig(**fields).to_dict()}
+    wide = BuildConfig.preset("wide")
+    assert wide.steps == 4000 and wide.scene["zoom_out_probability"] > 0 and not wide.finetune_steps
+    # scene (and train) changes add to the preset's settings, or replace those of the same name
+    more = BuildConfig.preset("wide", scene={"zoom_out_probability": 0.2, "max_occluders": 2})
+    assert more.scene == {**wide.scene, "zoom_out_probability": 0.2, "max_occluders": 2}
+    assert BuildConfig.preset("accurate", scene={"max_occluders": 2}).scene == {"max_occluders": 2}
+    with pytest.raises(ValueError, match="BuildConfig.scene: expected a dict"):
+        BuildConfig.preset("wide", scene=[("max_occluders", 2)])
     with pytest.raises(ValueError, match="BuildConfig.preset: expected one of"):
         BuildConfig.preset("fast")
     with pytest.raises(ValueError, match="BuildConfig.steps"):
