@@ -45,7 +45,8 @@ photos that share a framing). Give it when the object spans less than about half
 photo: without a box the fit must find the object itself, which fails more often the
 smaller the object is (:attr:`neural_mesh.PoseModel.small_share`), unless the model was
 built with ``--build-preset wide``; a warning on stderr names the images whose fitted
-object looks that small. Images are fitted in batches of ``FIT_BATCH`` (8), with a
+object looks that small (a fit that took part of the background for a large object
+instead is not flagged). Images are fitted in batches of ``FIT_BATCH`` (8), with a
 progress bar on stderr when there is more than one batch; each batch's lines and files
 are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
 what it finished, and with ``--out DIR --resume`` a rerun goes on from there (below).
@@ -423,7 +424,7 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
         log(f"{PROG}: using the cached pose model {target}")
     else:
         tune = f" + {config.finetune_steps} fine-tuning" if config.finetune_steps else ""
-        took = BUILD_TIMES.get(args.build_preset or "default", "about 7 minutes")
+        took = BUILD_TIMES[args.build_preset or "default"]
         log(f"{PROG}: building a pose model for {mesh_path} ({config.steps}{tune} training steps on "
             f"{config.image_size} x {config.image_size} renders; {took} on 2 CPU cores for the "
             f"{args.build_preset or 'default'} preset's settings, once); it will be cached in {target}")

@@ -22,7 +22,7 @@ import torch
 
 from datasets.shapes import load_shape
 from neural_mesh.backbones import BackboneConfig, FeatureBackbone
-from neural_mesh.build import BuildConfig
+from neural_mesh.build import BUILD_PRESETS, BuildConfig
 from neural_mesh.fitting import FitConfig
 from neural_mesh.model import PoseModel
 from neural_mesh.neural_mesh import NeuralMesh, file_sha256
@@ -362,6 +362,7 @@ def test_build_options_reach_the_build_config(fp, capsys, monkeypatch, tmp_path)
                  "--build-scene", "max_occluders=2"])
     assert seen[-1] == BuildConfig.preset("wide", scene={"max_occluders": 2})
     assert "about 15 minutes" in capsys.readouterr().err
+    assert set(fp.BUILD_TIMES) == set(BUILD_PRESETS)  # every preset's build message names its time
     capsys.readouterr()
     for item in ("temperature=0", "lr=1", "temperature"):
         code = fp.main([str(EXAMPLE_PNG), "--mesh", str(CHAIR), "--cache", str(tmp_path), "--build-train", item])
