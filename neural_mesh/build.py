@@ -79,9 +79,9 @@ TRAIN_DEFAULTS = {"neighbor_radius": 0.04, "sampling": "bilinear"}
 #:   then 4,000 fine-tuning steps (peak lr 3e-5) on 0-50% occluders with a 3D floor and
 #:   wall behind half the renders. 1.5 to 3 hours on 2 CPU cores, once. Meets every
 #:   synthetic target on our renders and another renderer's: on 240 fresh images per
-#:   level, 100.0% / 2.2 deg and 82.5% (ours), 94.6% / 3.2 deg and 77.1% (ray-cast)
-#:   Acc@pi/6 / median at L0 and Acc@pi/6 at L2 (``docs/pose_results.md``, "The accurate
-#:   build under recipe 2").
+#:   level, 100.0% / 2.2 deg and 82.5% (ours), and on 480, 95.4% / 3.1 deg and 74.0%
+#:   (ray-cast), Acc@pi/6 / median at L0 and Acc@pi/6 at L2 (``docs/pose_results.md``,
+#:   "The accurate build under recipe 2").
 #: - ``"wide"``: for photos not cropped to the object, where it may span only a third of
 #:   the photo: 4,000 steps, 30% of the renders framed 1.5-3 times wider and procedural
 #:   backgrounds up to 1.2 of the image side (:attr:`BuildConfig.scene`). About 15 minutes
