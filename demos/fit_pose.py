@@ -111,7 +111,8 @@ from tqdm import tqdm
 
 from datasets.realdata import read_image
 from datasets.synthetic import LIGHTINGS
-from neural_mesh.build import BUILD_PRESETS, BuildConfig, build_model, default_cache_dir, model_cache_path
+from neural_mesh.build import (BUILD_PRESETS, BUILD_TIMES, BuildConfig, build_model, default_cache_dir,
+                               model_cache_path)
 from neural_mesh.fitting import FitConfig, PoseResult
 from neural_mesh.metrics import rotation_error
 from neural_mesh.model import PoseModel
@@ -367,9 +368,6 @@ def gather(args: argparse.Namespace) -> Job:
         Ks.append(example.K if example is not None else camera_matrix((H, W), args.focal, args.K))
     return Job(paths, images, Ks, bbox, mesh_path, mesh, out, example)
 
-
-#: how long each build preset takes on 2 CPU cores (neural_mesh.build.BUILD_PRESETS)
-BUILD_TIMES = {"default": "about 7 minutes", "accurate": "1.5 to 3 hours", "wide": "about 15 minutes"}
 
 #: The build flags (argparse names) and the BuildConfig fields they set.
 BUILD_FLAGS = {
