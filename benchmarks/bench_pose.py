@@ -163,8 +163,13 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
               config: FitConfig = FitConfig(), boxes: list | None = None) -> tuple[dict, torch.Tensor, list]:
     """Fit every sample (batched, then a few singly for the time), given ``boxes`` (one
     ``(x0, y0, x1, y1)`` per sample) or none; returns the summary, the errors in degrees
-    and the fitted ``(R, t)`` per sample (CPU)."""
-    poses, t_batched = [], 0.0
+    and the fitted ``(R, t)`` per sample (CPU). The summary also lists each fit's score
+    (``scores``) and how much of the photo its object spans (``photo_fractions``,
+    :meth:`PoseModel.photo_fraction`; ``true_photo_fractions`` from the true boxes), to see
+    what tells right fits from wrong ones, and how many of the wrong (30 deg or more) and
+    right fits were flagged (:attr:`PoseResult.doubtful`): ``doubtful`` ``{"wrong": [flagged,
+    of], "right": [flagged, of]}``."""
+    poses, scores, fractions, doubtful, t_batched = [], [], [], [], 0.0
     device = model.device
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
@@ -173,6 +178,10 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
                         bbox=boxes[i:i + batch] if boxes is not None else None)
         t_batched += _clock(device) - t0
         poses += [(r.R.cpu(), r.t.cpu()) for r in res]
+        scores += [round(float(r.score), 6) for r in res]
+        doubtful += [r.doubtful for r in res]
+        fractions += [round(model.photo_fraction(r.R, r.t, s["K"].to(r.R), s["image"].shape[-2:]), 4)
+                      for r, s in zip(res, chunk)]
     t_single = 0.0
     for i, s in enumerate(samples[:singles]):
         t0 = _clock(device)
@@ -184,6 +193,11 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
     out = summary(err)
     out["s_per_image_batched"] = t_batched / len(samples)
     out["s_per_image_single"] = t_single / max(singles, 1)
+    truth = [round(float((s["bbox"][2:] - s["bbox"][:2]).max()) / max(s["image"].shape[-2:]), 4) for s in samples]
+    flagged, wrong = torch.tensor(doubtful, dtype=torch.bool), err >= 30
+    out.update(scores=scores, photo_fractions=fractions, true_photo_fractions=truth,
+               doubtful={"wrong": [int((flagged & wrong).sum()), int(wrong.sum())],
+                         "right": [int((flagged & ~wrong).sum()), int((~wrong).sum())]})
     return out, err, poses
 
 
@@ -615,6 +629,10 @@ def main(argv=None) -> int:
     shares = ", ".join(f"{level} {res['object_fraction']:.2f}" for level, res in results["levels"].items())
     print(f"\nThe object's box spans a median share of the test images' longer side of {shares} (in the "
           f"model's training renders: {model.box_fraction:.2f}, PoseModel.box_fraction)")
+    flags = "; ".join(f"{level} {d['wrong'][0]} of {d['wrong'][1]} wrong, {d['right'][0]} of {d['right'][1]} right"
+                      for level, d in ((level, res["render_and_compare"]["doubtful"])
+                                       for level, res in results["levels"].items()))
+    print(f"\nFits flagged as doubtful (score <= 0, PoseResult.doubtful; wrong: 30 deg or more): {flags}")
     if args.crop_shifts:
         print(f"\nMargin at truth (share explained) on crops around the true box, moved by this many of the "
               f"model's {model.image_size[0]}-pixel input pixels (stride {model.backbone.stride}); "

@@ -45,8 +45,10 @@ photos that share a framing). Give it when the object spans less than about half
 photo: without a box the fit must find the object itself, which fails more often the
 smaller the object is (:attr:`neural_mesh.PoseModel.small_share`), unless the model was
 built with ``--build-preset wide``; a warning on stderr names the images whose fitted
-object looks that small (a fit that took part of the background for a large object
-instead is not flagged). Images are fitted in batches of ``FIT_BATCH`` (8), with a
+object looks that small. Another names the fits whose score is 0 or less (with or without
+a box): the object drawn at the fitted pose explains the photo no better than the
+background does, and such fits are mostly wrong, e.g. part of the background taken for a
+larger object (:attr:`neural_mesh.fitting.PoseResult.doubtful`). Images are fitted in batches of ``FIT_BATCH`` (8), with a
 progress bar on stderr when there is more than one batch; each batch's lines and files
 are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
 what it finished, and with ``--out DIR --resume`` a rerun goes on from there (below).
@@ -432,6 +434,24 @@ def get_model(args: argparse.Namespace, mesh_path: Path, log) -> PoseModel:
 # ---------------------------------------------------------------------------- outputs
 
 
+def fit_warnings(model: PoseModel, result: PoseResult, size: Sequence[int], K: torch.Tensor, boxed: bool) -> list[str]:
+    """What a user should know about one fit (stderr): the object found too small in the
+    photo for a fit without a box (:meth:`PoseModel.small_in_photo`), and a fit that
+    explains the photo no better than clutter (:attr:`PoseResult.doubtful`)."""
+    warnings = []
+    if not boxed and model.small_in_photo(result, size, K):
+        frac = model.photo_fraction(result.R, result.t, K, size)
+        wider = "" if model.trained_wide else " (or build with --build-preset wide)"
+        warnings.append(f"the fitted object spans only {frac:.0%} of the photo; without --bbox, fits of objects "
+                        f"under about {model.small_share:.0%} of it are often wrong: give --bbox X0 Y0 X1 Y1 "
+                        f"around it{wider}")
+    if result.doubtful:
+        what = "check --bbox and --mesh" if boxed else "give --bbox X0 Y0 X1 Y1 around the object"
+        warnings.append(f"the fit scores {result.score:.2g}: the fitted object explains the photo no better than "
+                        f"the background does, so the pose is probably wrong ({what})")
+    return warnings
+
+
 def pose_record(model: PoseModel, result: PoseResult, image: str) -> dict[str, Any]:
     """The JSON record of one fitted image (the contract of the module docstring):
     the pose in the mesh file's frame (:meth:`PoseModel.to_file_frame`), angles in degrees,
@@ -609,15 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = model.fit([job.images[i] for i in batch], [job.Ks[i] for i in batch], config=config,
                                 bbox=[job.bbox] * len(batch) if job.bbox is not None else None)
             done = [pose_record(model, r, labels[i]) for r, i in zip(results, batch)]
-            if job.bbox is None:
-                for r, i in zip(results, batch):
-                    if model.small_in_photo(r, job.images[i].shape[-2:], job.Ks[i]):
-                        frac = model.photo_fraction(r.R, r.t, job.Ks[i], job.images[i].shape[-2:])
-                        wider = "" if model.trained_wide else " (or build with --build-preset wide)"
-                        tqdm.write(f"{PROG}: warning: {labels[i]}: the fitted object spans only {frac:.0%} of the "
-                                   f"photo; without --bbox, fits of objects under about {model.small_share:.0%} "
-                                   f"of it are often wrong: give --bbox X0 Y0 X1 Y1 around it{wider}",
-                                   file=sys.stderr)
+            for r, i in zip(results, batch):
+                for warning in fit_warnings(model, r, job.images[i].shape[-2:], job.Ks[i], job.bbox is not None):
+                    tqdm.write(f"{PROG}: warning: {labels[i]}: {warning}", file=sys.stderr)
             for record in done:
                 tqdm.write(json.dumps(record) if args.json else describe(record), file=sys.stdout)
             sys.stdout.flush()

@@ -136,6 +136,7 @@ __all__ = [
     "params_from_pose",
     "FitConfig",
     "PoseResult",
+    "DOUBTFUL_SCORE",
     "pose_results",
     "InitGrid",
     "init_grid_for",
@@ -629,6 +630,20 @@ class PoseResult:
     score: float
     loss_curve: list[float]
     seconds: float
+
+    @property
+    def doubtful(self) -> bool:
+        """Whether the fitted object explains the photo no better than the clutter model
+        (``score <= DOUBTFUL_SCORE``): such fits are mostly wrong (:data:`DOUBTFUL_SCORE`)."""
+        return self.score <= DOUBTFUL_SCORE
+
+
+#: :attr:`PoseResult.doubtful`: the score at or under which a fit is flagged. A score of 0
+#: or less means the object rendered at the fitted pose explains the feature map no better
+#: than clutter does, whatever the object's size; on held-out renders and ray-cast images,
+#: most such fits were wrong and few right fits scored that low (``benchmarks/bench_pose.py``
+#: counts both; docs/pose_results.md, "Flagging fits that explain nothing").
+DOUBTFUL_SCORE = 0.0
 
 
 # ---------------------------------------------------------------------------- init grid

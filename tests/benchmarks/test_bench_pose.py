@@ -63,8 +63,19 @@ def test_bench_pose_prints_a_table_and_writes_json(tmp_path, capsys):
         # the refinement started at the truth: its errors summarised like the fit's
         assert 0.0 <= m["truth_started"]["median_deg"] <= 180.0 and 0.0 <= m["truth_started"]["acc_pi6"] <= 1.0
         assert 0 <= m["truth_started"]["search_misses"] <= m["truth_started"]["failures"] <= 2
+        # what tells right fits from wrong ones: each fit's score and size in the photo, and
+        # the doubtful flags (score <= 0) counted among the wrong and the right fits
+        assert len(m["scores"]) == len(m["photo_fractions"]) == len(m["true_photo_fractions"]) == 2
+        assert all(0.0 < f < 1.0 for f in m["true_photo_fractions"])
+        assert all(f > 0.0 and math.isfinite(f) for f in m["photo_fractions"])
+        wrong = sum(e >= 30 for e in errors)
+        flagged = sum(s <= 0 for s in m["scores"])
+        assert m["doubtful"]["wrong"][1] == wrong and m["doubtful"]["right"][1] == 2 - wrong
+        assert m["doubtful"]["wrong"][0] + m["doubtful"]["right"][0] == flagged
     assert result["levels"]["L2"]["occlusion"] > 0.3  # level 2 hides 40-60% of the object
     assert "margin at truth" in table and "from truth" in table and "search misses" in table
+    flags = [line for line in table.splitlines() if line.startswith("Fits flagged as doubtful (score <= 0")]
+    assert len(flags) == 1 and "L0 " in flags[0] and "L2 " in flags[0]
 
 
 def test_truth_started_fits_start_at_the_test_sets_true_pose(tmp_path):

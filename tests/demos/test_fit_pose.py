@@ -23,7 +23,7 @@ import torch
 from datasets.shapes import load_shape
 from neural_mesh.backbones import BackboneConfig, FeatureBackbone
 from neural_mesh.build import BUILD_PRESETS, BuildConfig
-from neural_mesh.fitting import FitConfig
+from neural_mesh.fitting import FitConfig, PoseResult
 from neural_mesh.model import PoseModel
 from neural_mesh.neural_mesh import NeuralMesh, file_sha256
 from render import (
@@ -151,7 +151,7 @@ def test_json_lines_and_out_files(fp, capsys, photos, shifted, model_dir, tmp_pa
     code, out, err = run(fp, capsys, *photos, "--mesh", shifted, "--model", model_dir, "--focal", "400",
                          "--bbox", "20", "10", "110", "100", "--json", "--out", out_dir, *FAST)
     assert code == 0, err
-    assert "warning" not in err  # the model was built for this mesh
+    assert "was built for" not in err  # the model was built for this mesh
     lines = out.splitlines()
     assert len(lines) == len(photos)  # nothing else on stdout
     records = [json.loads(line) for line in lines]
@@ -196,6 +196,7 @@ def test_an_object_small_in_the_photo_without_bbox_is_a_warning(fp, capsys, phot
     # small_in_photo's own logic is tested with the model; here: who is warned, and where
     asked = []
     monkeypatch.setattr(PoseModel, "small_in_photo", lambda self, result, size, K: asked.append(tuple(size)) or True)
+    monkeypatch.setattr(PoseResult, "doubtful", False)  # the tiny model's fits score under 0: its own test
     code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--json", *FAST)
     assert code == 0, err
     assert len(out.splitlines()) == 1 and json.loads(out)  # stdout stays one JSON line
@@ -211,6 +212,28 @@ def test_an_object_small_in_the_photo_without_bbox_is_a_warning(fp, capsys, phot
     code, out, err = run(fp, capsys, photos[0], "--mesh", shifted, "--model", model_dir, "--bbox", "10", "10", "60",
                          "60", *FAST)
     assert code == 0 and "warning" not in err and not asked  # a given box: no question
+
+
+def test_a_fit_no_better_than_clutter_is_a_warning_with_or_without_bbox(fp, capsys, photos, shifted, model_dir,
+                                                                        monkeypatch):
+    # PoseResult.doubtful's own rule is tested with the fitting; here: who is warned, and how
+    monkeypatch.setattr(PoseModel, "small_in_photo", lambda self, result, size, K: False)
+    for doubtful in (True, False):
+        monkeypatch.setattr(PoseResult, "doubtful", doubtful)
+        for box in ([], ["--bbox", "10", "10", "60", "60"]):
+            code, out, err = run(fp, capsys, *photos, "--mesh", shifted, "--model", model_dir, "--json", *box,
+                                 *FAST)
+            assert code == 0, err
+            assert len(out.splitlines()) == len(photos)  # stdout stays JSON lines
+            warning = [line for line in err.splitlines() if "warning" in line]
+            if not doubtful:
+                assert not warning
+                continue
+            assert len(warning) == len(photos)
+            assert all(str(p) in w and "probably wrong" in w for p, w in zip(photos, warning))
+            scores = [json.loads(line)["score"] for line in out.splitlines()]
+            assert all(f"scores {s:.2g}" in w for s, w in zip(scores, warning))
+            assert all(("check --bbox" in w) == bool(box) for w in warning)
 
 
 def test_many_images_are_fitted_in_batches_with_progress_and_streamed(fp, capsys, shifted, model_dir, tmp_path,

@@ -313,6 +313,17 @@ def test_fit_recovers_off_centre_objects(clean_fit):
         assert abs(res.distance - pose[3]) < 0.1 * pose[3]
 
 
+def test_a_fit_is_doubtful_where_the_map_shows_no_object(model, clean_fit):
+    # the clean fits explain their maps beyond clutter; on a map of clutter alone (the
+    # object's cells all overwritten) the best pose explains nothing: score <= 0, flagged
+    _, results = clean_fit
+    assert all(r.score > 0 and not r.doubtful for r in results), [r.score for r in results]
+    nm, mu = model
+    fmap, _, _ = synthetic_map(nm, mu, POSES[0], seed=7, occlusion=1.0)
+    (empty,) = fit_pose(fmap[None], nm, K, image_size=IMAGE_SIZE, config=CONFIG)
+    assert empty.score <= 0 and empty.doubtful
+
+
 def test_fit_at_stride_4(model):
     # the same pose on a stride-4 map (32 x 40 cells): recovered, and placed within 2 pixels
     nm, mu = model
