@@ -47,8 +47,9 @@ smaller the object is (:attr:`neural_mesh.PoseModel.small_share`), unless the mo
 built with ``--build-preset wide``; a warning on stderr names the images whose fitted
 object looks that small. Another names the fits whose score is 0 or less (with or without
 a box): the object drawn at the fitted pose explains the photo no better than the
-background does, and such fits are mostly wrong, e.g. part of the background taken for a
-larger object (:attr:`neural_mesh.fitting.PoseResult.doubtful`). Images are fitted in batches of ``FIT_BATCH`` (8), with a
+background does. Such fits are mostly wrong (part of the background taken for a larger
+object, say), though heavily occluded objects can score that low when fitted right
+(:attr:`neural_mesh.fitting.PoseResult.doubtful`). Images are fitted in batches of ``FIT_BATCH`` (8), with a
 progress bar on stderr when there is more than one batch; each batch's lines and files
 are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
 what it finished, and with ``--out DIR --resume`` a rerun goes on from there (below).
@@ -448,7 +449,7 @@ def fit_warnings(model: PoseModel, result: PoseResult, size: Sequence[int], K: t
     if result.doubtful:
         what = "check --bbox and --mesh" if boxed else "give --bbox X0 Y0 X1 Y1 around the object"
         warnings.append(f"the fit scores {result.score:.2g}: the fitted object explains the photo no better than "
-                        f"the background does, so the pose is probably wrong ({what})")
+                        f"the background does, so the pose is probably wrong, or the object mostly hidden ({what})")
     return warnings
 
 
