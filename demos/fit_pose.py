@@ -49,10 +49,11 @@ object looks that small. Another names the fits whose score is 0 or less (with o
 a box): the object drawn at the fitted pose explains the photo no better than the
 background does. Such fits are mostly wrong (part of the background taken for a larger
 object, say), though heavily occluded objects can score that low when fitted right
-(:attr:`neural_mesh.fitting.PoseResult.doubtful`). Images are fitted in batches of ``FIT_BATCH`` (8), with a
-progress bar on stderr when there is more than one batch; each batch's lines and files
-are out before the next batch starts, so an interrupted run (Ctrl-C, exit code 130) keeps
-what it finished, and with ``--out DIR --resume`` a rerun goes on from there (below).
+(:attr:`neural_mesh.fitting.PoseResult.doubtful`). Images are fitted in batches of
+``FIT_BATCH`` (8), with a progress bar on stderr when there is more than one batch; each
+batch's lines and files are out before the next batch starts, so an interrupted run
+(Ctrl-C, exit code 130) keeps what it finished, and with ``--out DIR --resume`` a rerun
+goes on from there (below).
 Batching does not change the poses (each image is fitted on its own).
 
 **Output.** One line per image on stdout; with ``--json`` exactly one JSON object per image
