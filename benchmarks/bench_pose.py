@@ -178,7 +178,7 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
                         bbox=boxes[i:i + batch] if boxes is not None else None)
         t_batched += _clock(device) - t0
         poses += [(r.R.cpu(), r.t.cpu()) for r in res]
-        scores += [round(float(r.score), 6) for r in res]
+        scores += [float(r.score) for r in res]  # unrounded: the flags are these <= 0
         doubtful += [r.doubtful for r in res]
         fractions += [round(model.photo_fraction(r.R, r.t, s["K"].to(r.R), s["image"].shape[-2:]), 4)
                       for r, s in zip(res, chunk)]
