@@ -81,7 +81,7 @@ from neural_mesh.build import (BUILD_PRESETS, SCENE_FIELDS, TRAIN_FIELDS, BuildC
 from neural_mesh.backbones import OUTPUT_STRIDES, PRESETS, feature_intrinsics
 from neural_mesh.fitting import LOSSES, FitConfig, object_margins
 from neural_mesh.metrics import rotation_error
-from neural_mesh.model import PoseModel, box_fraction_of
+from neural_mesh.model import PoseModel, box_fraction_of, box_fractions
 from neural_mesh.neural_mesh import MESH_KINDS, ModelError
 from render.allocator import tune_cpu_allocator
 from render.cli import assignments
@@ -165,9 +165,9 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
     ``(x0, y0, x1, y1)`` per sample) or none; returns the summary, the errors in degrees
     and the fitted ``(R, t)`` per sample (CPU). The summary also lists each fit's score
     (``scores``) and how much of the photo its object spans (``photo_fractions``,
-    :meth:`PoseModel.photo_fraction`; ``true_photo_fractions`` from the true boxes), to see
-    what tells right fits from wrong ones, and how many of the wrong (30 deg or more) and
-    right fits were flagged (:attr:`PoseResult.doubtful`): ``doubtful`` ``{"wrong": [flagged,
+    :meth:`PoseModel.photo_fraction`; ``true_photo_fractions`` of the true boxes,
+    :func:`~neural_mesh.model.box_fractions`), to see what tells right fits from wrong
+    ones, and how many of the wrong (30 deg or more) and right fits were flagged (:attr:`PoseResult.doubtful`): ``doubtful`` ``{"wrong": [flagged,
     of], "right": [flagged, of]}``."""
     poses, scores, fractions, doubtful, t_batched = [], [], [], [], 0.0
     device = model.device
@@ -193,7 +193,7 @@ def eval_nemo(model: PoseModel, samples, batch: int, singles: int,
     out = summary(err)
     out["s_per_image_batched"] = t_batched / len(samples)
     out["s_per_image_single"] = t_single / max(singles, 1)
-    truth = [round(float((s["bbox"][2:] - s["bbox"][:2]).max()) / max(s["image"].shape[-2:]), 4) for s in samples]
+    truth = [round(f, 4) for f in box_fractions(samples)]
     flagged, wrong = torch.tensor(doubtful, dtype=torch.bool), err >= 30
     out.update(scores=scores, photo_fractions=fractions, true_photo_fractions=truth,
                doubtful={"wrong": [int((flagged & wrong).sum()), int(wrong.sum())],

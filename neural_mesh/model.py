@@ -92,7 +92,8 @@ from .backbones import BackboneConfig, FeatureBackbone
 from .fitting import FitConfig, PoseResult, check_init_poses, fit_pose, pose_results
 from .neural_mesh import ModelError, NeuralMesh, atomic_directory, file_sha256
 
-__all__ = ["PoseModel", "MODEL_FILE", "BACKBONE_FILE", "MESH_DIR", "crop_intrinsics", "crop_image", "box_fraction_of"]
+__all__ = ["PoseModel", "MODEL_FILE", "BACKBONE_FILE", "MESH_DIR", "crop_intrinsics", "crop_image", "box_fractions",
+           "box_fraction_of"]
 
 #: :meth:`PoseModel.small_in_photo`: below this share of the training framing, fits without
 #: a box are unreliable. On 80 renders of the bundled chair framed wider than the test set's
@@ -509,9 +510,9 @@ class PoseModel:
         return model
 
 
-def box_fraction_of(samples: Sequence[dict[str, Any]]) -> float:
-    """Median over ``samples`` (schema dicts with ``bbox`` and ``image``) of the box's longer
-    side over the image's longer side (used to set :attr:`PoseModel.box_fraction`)."""
+def box_fractions(samples: Sequence[dict[str, Any]]) -> list[float]:
+    """For each of ``samples`` (schema dicts with ``image``) that has a ``bbox``, the box's
+    longer side over the image's longer side (boxes in inclusive pixels)."""
     fracs = []
     for s in samples:
         if "bbox" not in s:
@@ -519,6 +520,12 @@ def box_fraction_of(samples: Sequence[dict[str, Any]]) -> float:
         x0, y0, x1, y1 = (float(v) for v in s["bbox"])
         H, W = s["image"].shape[-2:]
         fracs.append(max(x1 - x0 + 1, y1 - y0 + 1) / max(H, W))
+    return fracs
+
+
+def box_fraction_of(samples: Sequence[dict[str, Any]]) -> float:
+    """Median of :func:`box_fractions` (used to set :attr:`PoseModel.box_fraction`)."""
+    fracs = box_fractions(samples)
     if not fracs:
         raise ValueError("samples: no sample has a bbox")
     return float(torch.tensor(fracs).median())

@@ -15,7 +15,7 @@ from neural_mesh import build as build_mod
 from neural_mesh.backbones import BackboneConfig, FeatureBackbone
 from neural_mesh.build import BuildConfig, build_model, cache_key, model_cache_path
 from neural_mesh.fitting import FitConfig
-from neural_mesh.model import PoseModel, crop_image, crop_intrinsics
+from neural_mesh.model import PoseModel, box_fraction_of, box_fractions, crop_image, crop_intrinsics
 from neural_mesh.neural_mesh import ModelError, NeuralMesh
 from render import angles_to_pose, center_and_scale, intrinsics, load_mesh, project_points
 
@@ -612,3 +612,17 @@ def test_a_box_centred_build_makes_a_box_centred_model(tmp_path):
     model = build_model(CHAIR, replace(TINY, center_on="box"), cache_dir=tmp_path / "cache", progress=False)
     assert model.center_on == "box" and model.meta["build_config"]["center_on"] == "box"
     assert PoseModel.load(model_cache_path(CHAIR, replace(TINY, center_on="box"), tmp_path / "cache")).center_on == "box"
+
+
+def test_box_fractions_per_sample_and_their_median():
+    # the box's longer side (inclusive pixels) over the image's longer side; samples
+    # without a box are skipped, and none at all is an error
+    image = torch.zeros(3, 100, 200)
+    samples = [{"image": image, "bbox": torch.tensor([10.0, 10.0, 49.0, 29.0])},  # 40 x 20
+               {"image": image},
+               {"image": image, "bbox": torch.tensor([0.0, 0.0, 19.0, 99.0])},  # 20 x 100
+               {"image": image, "bbox": torch.tensor([0.0, 0.0, 159.0, 9.0])}]  # 160 x 10
+    assert box_fractions(samples) == pytest.approx([0.2, 0.5, 0.8])
+    assert box_fraction_of(samples) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no sample has a bbox"):
+        box_fraction_of([{"image": image}])
